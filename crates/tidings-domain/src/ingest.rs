@@ -1,0 +1,490 @@
+//! Parsing and validating what a producer sends to the ingest port (SPEC §5).
+//!
+//! A batch is all-or-nothing: every event is checked, and every problem is reported with the
+//! event's index, the field and the reason, so that a producer can fix the whole batch at once.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::catalog::{Catalog, EventType};
+use crate::event::{Actor, NewEvent, Subject};
+use crate::ids::{OrgId, Token, WorkspaceId};
+
+/// Most events in one request.
+pub const MAX_BATCH: usize = 1_000;
+/// Largest serialized payload, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Longest idempotency key, in characters.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// One thing wrong with one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldProblem {
+    /// Position of the event in the batch (0 for a single event).
+    pub index: usize,
+    /// The field, dotted for nested ones (`actor.type`).
+    pub field: String,
+    pub reason: String,
+}
+
+/// Why a request body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The body is not JSON / NDJSON of the expected shape. Nothing about single events.
+    #[error("{0}")]
+    Malformed(String),
+    /// Well-formed, but one or more events are invalid.
+    #[error("{} event(s) in the batch are invalid", .0.len())]
+    Invalid(Vec<FieldProblem>),
+}
+
+/// How the body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestFormat {
+    /// One event object, or `{"events": [...]}`.
+    Json,
+    /// One event object per line.
+    Ndjson,
+}
+
+/// Parses and validates a whole ingest body.
+pub fn parse_ingest_body(
+    body: &[u8],
+    format: IngestFormat,
+    catalog: &Catalog,
+) -> Result<Vec<NewEvent>, IngestError> {
+    let raw = match format {
+        IngestFormat::Json => split_json(body)?,
+        IngestFormat::Ndjson => split_ndjson(body)?,
+    };
+    if raw.is_empty() {
+        return Err(IngestError::Malformed(
+            "the request contains no events".into(),
+        ));
+    }
+    if raw.len() > MAX_BATCH {
+        return Err(IngestError::Malformed(format!(
+            "a batch holds at most {MAX_BATCH} events, got {}",
+            raw.len()
+        )));
+    }
+    let mut events = Vec::with_capacity(raw.len());
+    let mut problems = Vec::new();
+    for (index, value) in raw.into_iter().enumerate() {
+        match validate_event(index, value, catalog) {
+            Ok(e) => events.push(e),
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(events)
+    } else {
+        Err(IngestError::Invalid(problems))
+    }
+}
+
+fn json_error(e: serde_json::Error, line: Option<usize>) -> IngestError {
+    let place = match line {
+        Some(l) => format!("line {l} of the NDJSON body"),
+        None => format!("line {} column {}", e.line(), e.column()),
+    };
+    IngestError::Malformed(format!("the body is not valid JSON ({place}): {e}"))
+}
+
+fn split_json(body: &[u8]) -> Result<Vec<Value>, IngestError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| json_error(e, None))?;
+    match value {
+        Value::Object(mut obj) if obj.contains_key("events") => {
+            if obj.len() > 1 {
+                let other: Vec<_> = obj.keys().filter(|k| *k != "events").cloned().collect();
+                return Err(IngestError::Malformed(format!(
+                    "a batch body has only an `events` array; unexpected field(s): {}",
+                    other.join(", ")
+                )));
+            }
+            match obj.remove("events") {
+                Some(Value::Array(list)) => Ok(list),
+                _ => Err(IngestError::Malformed(
+                    "`events` must be an array of event objects".into(),
+                )),
+            }
+        }
+        Value::Object(obj) => Ok(vec![Value::Object(obj)]),
+        Value::Array(_) => Err(IngestError::Malformed(
+            "send a batch as {\"events\": [...]}, not as a bare array".into(),
+        )),
+        _ => Err(IngestError::Malformed(
+            "the body must be an event object or {\"events\": [...]}".into(),
+        )),
+    }
+}
+
+fn split_ndjson(body: &[u8]) -> Result<Vec<Value>, IngestError> {
+    let mut out = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if out.len() == MAX_BATCH {
+            return Err(IngestError::Malformed(format!(
+                "a batch holds at most {MAX_BATCH} events"
+            )));
+        }
+        out.push(serde_json::from_slice(line).map_err(|e| json_error(e, Some(i + 1)))?);
+    }
+    Ok(out)
+}
+
+const ALLOWED_FIELDS: &[&str] = &[
+    "type",
+    "organization_id",
+    "workspace_id",
+    "actor",
+    "subject",
+    "payload",
+    "idempotency_key",
+];
+
+/// Validates one event, collecting every problem rather than stopping at the first.
+fn validate_event(
+    index: usize,
+    value: Value,
+    catalog: &Catalog,
+) -> Result<NewEvent, Vec<FieldProblem>> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, reason: String| {
+        problems.push(FieldProblem {
+            index,
+            field: field.to_string(),
+            reason,
+        })
+    };
+    let Value::Object(mut obj) = value else {
+        problem("", "each event must be a JSON object".into());
+        return Err(problems);
+    };
+
+    for key in obj.keys() {
+        if !ALLOWED_FIELDS.contains(&key.as_str()) {
+            let reason = match key.as_str() {
+                "id" | "created_at" => "assigned by Tidings; do not send it".to_string(),
+                _ => format!("unknown field; allowed: {}", ALLOWED_FIELDS.join(", ")),
+            };
+            problem(key, reason);
+        }
+    }
+
+    let event_type = match take_string(&mut obj, "type") {
+        Ok(s) => match EventType::parse(&s) {
+            Ok(t) if catalog.contains(t.as_str()) => Some(t),
+            Ok(t) => {
+                problem(
+                    "type",
+                    format!("`{t}` is not in the event catalog (GET /v1/event-types)"),
+                );
+                None
+            }
+            Err(e) => {
+                problem("type", e);
+                None
+            }
+        },
+        Err(e) => {
+            problem("type", e);
+            None
+        }
+    };
+
+    let organization_id = match take_string(&mut obj, "organization_id") {
+        Ok(s) => s
+            .parse::<OrgId>()
+            .map_err(|e| problem("organization_id", e.0))
+            .ok(),
+        Err(e) => {
+            problem("organization_id", e);
+            None
+        }
+    };
+
+    let workspace_id = match obj.remove("workspace_id") {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => s
+            .parse::<WorkspaceId>()
+            .map(Some)
+            .map_err(|e| problem("workspace_id", e.0))
+            .ok(),
+        Some(other) => {
+            problem(
+                "workspace_id",
+                format!("must be a string or null, got {}", kind(&other)),
+            );
+            None
+        }
+    };
+
+    let actor = match take_object(&mut obj, "actor") {
+        Ok(mut a) => {
+            let t = take_string(&mut a, "type")
+                .and_then(|s| s.parse().map_err(|e: crate::ids::IdError| e.0))
+                .map_err(|e| problem("actor.type", e))
+                .ok();
+            let id = take_token(&mut a, "id")
+                .map_err(|e| problem("actor.id", e))
+                .ok();
+            for k in a.keys() {
+                problem(&format!("actor.{k}"), "unknown field; allowed: type, id".into());
+            }
+            t.zip(id).map(|(actor_type, id)| Actor { actor_type, id })
+        }
+        Err(e) => {
+            problem("actor", e);
+            None
+        }
+    };
+
+    let subject = match take_object(&mut obj, "subject") {
+        Ok(mut s) => {
+            let t = take_token(&mut s, "type")
+                .map_err(|e| problem("subject.type", e))
+                .ok();
+            let id = take_token(&mut s, "id")
+                .map_err(|e| problem("subject.id", e))
+                .ok();
+            for k in s.keys() {
+                problem(
+                    &format!("subject.{k}"),
+                    "unknown field; allowed: type, id".into(),
+                );
+            }
+            t.zip(id).map(|(subject_type, id)| Subject { subject_type, id })
+        }
+        Err(e) => {
+            problem("subject", e);
+            None
+        }
+    };
+
+    let payload = match obj.remove("payload") {
+        Some(v @ Value::Object(_)) => {
+            // Serializing a `Value` cannot fail: its keys are strings.
+            let text = serde_json::to_string(&v).unwrap_or_default();
+            if text.len() > MAX_PAYLOAD_BYTES {
+                problem(
+                    "payload",
+                    format!(
+                        "is {} bytes serialized; the limit is {MAX_PAYLOAD_BYTES}",
+                        text.len()
+                    ),
+                );
+                None
+            } else {
+                Some(text)
+            }
+        }
+        None => {
+            problem("payload", "is required (send {} for no data)".into());
+            None
+        }
+        Some(other) => {
+            problem(
+                "payload",
+                format!("must be a JSON object, got {}", kind(&other)),
+            );
+            None
+        }
+    };
+
+    let idempotency_key = match obj.remove("idempotency_key") {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(k)) => {
+            let n = k.chars().count();
+            if n == 0 || n > MAX_IDEMPOTENCY_KEY {
+                problem(
+                    "idempotency_key",
+                    format!("must be 1–{MAX_IDEMPOTENCY_KEY} characters, got {n}"),
+                );
+                None
+            } else if k.chars().any(char::is_control) {
+                problem(
+                    "idempotency_key",
+                    "must not contain control characters".into(),
+                );
+                None
+            } else {
+                Some(Some(k))
+            }
+        }
+        Some(other) => {
+            problem(
+                "idempotency_key",
+                format!("must be a string, got {}", kind(&other)),
+            );
+            None
+        }
+    };
+
+    match (
+        event_type,
+        organization_id,
+        workspace_id,
+        actor,
+        subject,
+        payload,
+        idempotency_key,
+    ) {
+        (
+            Some(event_type),
+            Some(organization_id),
+            Some(workspace_id),
+            Some(actor),
+            Some(subject),
+            Some(payload),
+            Some(idempotency_key),
+        ) if problems.is_empty() => Ok(NewEvent {
+            event_type,
+            organization_id,
+            workspace_id,
+            actor,
+            subject,
+            payload,
+            idempotency_key,
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn take_string(obj: &mut Map<String, Value>, field: &str) -> Result<String, String> {
+    match obj.remove(field) {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err("is required".into()),
+        Some(other) => Err(format!("must be a string, got {}", kind(&other))),
+    }
+}
+
+fn take_token(obj: &mut Map<String, Value>, field: &str) -> Result<Token, String> {
+    take_string(obj, field).and_then(|s| s.parse::<Token>().map_err(|e| e.0))
+}
+
+fn take_object(obj: &mut Map<String, Value>, field: &str) -> Result<Map<String, Value>, String> {
+    match obj.remove(field) {
+        Some(Value::Object(m)) => Ok(m),
+        None | Some(Value::Null) => Err("is required".into()),
+        Some(other) => Err(format!("must be an object, got {}", kind(&other))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn good() -> Value {
+        json!({
+            "type": "service_line.activated",
+            "organization_id": "ORG-26-090500",
+            "workspace_id": "WS-26-000021",
+            "actor": {"type": "user", "id": "USR-26-000044"},
+            "subject": {"type": "service_line", "id": "LIN-26-084729"},
+            "payload": {"previous_status": "draft", "new_status": "active"}
+        })
+    }
+
+    fn parse(v: &Value) -> Result<Vec<NewEvent>, IngestError> {
+        parse_ingest_body(
+            v.to_string().as_bytes(),
+            IngestFormat::Json,
+            &Catalog::builtin(),
+        )
+    }
+
+    #[test]
+    fn accepts_single_batch_and_ndjson() {
+        assert_eq!(parse(&good()).unwrap().len(), 1);
+        assert_eq!(
+            parse(&json!({"events": [good(), good()]})).unwrap().len(),
+            2
+        );
+        let nd = format!("{}\n\n{}\r\n", good(), good());
+        let events =
+            parse_ingest_body(nd.as_bytes(), IngestFormat::Ndjson, &Catalog::builtin()).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].workspace_id.as_ref().unwrap().as_str(), "WS-26-000021");
+    }
+
+    #[test]
+    fn reports_every_problem_with_index_and_field() {
+        let mut bad = good();
+        bad["type"] = json!("invoice.exploded");
+        bad["actor"]["type"] = json!("robot");
+        bad["payload"] = json!([1]);
+        bad["id"] = json!("EVT-26-000001");
+        let Err(IngestError::Invalid(p)) = parse(&json!({"events": [good(), bad]})) else {
+            panic!("expected invalid")
+        };
+        let fields: Vec<(usize, &str)> = p.iter().map(|p| (p.index, p.field.as_str())).collect();
+        assert!(fields.contains(&(1, "type")));
+        assert!(fields.contains(&(1, "actor.type")));
+        assert!(fields.contains(&(1, "payload")));
+        assert!(fields.contains(&(1, "id")));
+        assert!(p.iter().all(|p| p.index == 1));
+    }
+
+    #[test]
+    fn workspace_may_be_null_or_absent() {
+        let mut e = good();
+        e["workspace_id"] = Value::Null;
+        assert_eq!(parse(&e).unwrap()[0].workspace_id, None);
+        e.as_object_mut().unwrap().remove("workspace_id");
+        assert_eq!(parse(&e).unwrap()[0].workspace_id, None);
+    }
+
+    #[test]
+    fn payload_limit_is_64_kib() {
+        let mut e = good();
+        e["payload"] = json!({"blob": "x".repeat(MAX_PAYLOAD_BYTES)});
+        assert!(matches!(parse(&e), Err(IngestError::Invalid(_))));
+        e["payload"] = json!({"blob": "x".repeat(MAX_PAYLOAD_BYTES - 20)});
+        assert!(parse(&e).is_ok());
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_as_a_whole() {
+        let c = Catalog::builtin();
+        for body in [&b"{"[..], b"[]", b"42", b"{\"events\": 3}", b"{\"events\": []}"] {
+            assert!(
+                matches!(
+                    parse_ingest_body(body, IngestFormat::Json, &c),
+                    Err(IngestError::Malformed(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let too_many = json!({"events": vec![good(); MAX_BATCH + 1]});
+        assert!(matches!(parse(&too_many), Err(IngestError::Malformed(_))));
+    }
+
+    #[test]
+    fn idempotency_key_is_bounded() {
+        let mut e = good();
+        e["idempotency_key"] = json!("k".repeat(256));
+        assert!(parse(&e).is_err());
+        e["idempotency_key"] = json!("k".repeat(255));
+        assert_eq!(
+            parse(&e).unwrap()[0].idempotency_key.as_deref().map(str::len),
+            Some(255)
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! Bearer-key authentication, scopes and tenancy checks (SPEC §6).
+//!
+//! Keys are looked up on every request (by the SHA-256 of the secret), so a key created or
+//! revoked with `tidings keys` takes effect at once, in every process.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use tidings_domain::keys::{KEY_SECRET_PREFIX, hash_secret};
+use tidings_domain::{ApiKey, OrgId, Scope, Tenant};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The key a request authenticated with.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub ApiKey);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::unauthenticated(
+                    "no API key: send it as `Authorization: Bearer <key>`",
+                )
+            })?
+            .to_str()
+            .map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
+        let secret = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthenticated("use the Bearer scheme: `Authorization: Bearer <key>`")
+            })?;
+        if !secret.starts_with(KEY_SECRET_PREFIX) || secret.len() > 128 {
+            return Err(ApiError::unauthenticated(
+                "invalid API key: keys look like tdk_…",
+            ));
+        }
+        let key = state
+            .store
+            .authenticate(hash_secret(secret))
+            .await?
+            .ok_or_else(|| ApiError::unauthenticated("invalid or revoked API key"))?;
+        Ok(Authenticated(key))
+    }
+}
+
+impl Authenticated {
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.0.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "scope_missing",
+                format!(
+                    "this key ({}) lacks the `{scope}` scope",
+                    self.0.id
+                ),
+            ))
+        }
+    }
+
+    /// The tenant for a list request that names `requested` (if any). An organization key
+    /// asking about another organization gets a 403 (SPEC §6).
+    pub fn tenant_for_list(&self, requested: Option<&OrgId>) -> Result<Tenant, ApiError> {
+        match (&self.0.organization_id, requested) {
+            (Some(mine), Some(asked)) if mine != asked => Err(ApiError::forbidden(
+                "organization_forbidden",
+                format!("this key belongs to another organization and cannot read {asked}"),
+            )
+            .with_param("organization_id")),
+            _ => Ok(self.0.tenant()),
+        }
+    }
+
+    /// The tenant for single-resource requests: another organization's resources simply do
+    /// not exist for this key (404, never 403).
+    pub fn tenant(&self) -> Tenant {
+        self.0.tenant()
+    }
+
+    pub fn is_platform(&self) -> bool {
+        self.0.organization_id.is_none()
+    }
+}

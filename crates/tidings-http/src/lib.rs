@@ -1,0 +1,109 @@
+//! The HTTP layer: the public API (read-only events, catalog, operations) and the internal
+//! ingest port, as two routers over one [`AppState`]. Handlers stay thin: parse with the
+//! domain, call the store, render.
+
+pub mod auth;
+pub mod error;
+pub mod pagination;
+pub mod request_id;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use tidings_domain::Catalog;
+use tidings_store::Store;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub catalog: Arc<Catalog>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tidings", description = "The platform event stream: read-only events, webhooks, audit logs."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "events", description = "Immutable platform events"),
+        (name = "operations", description = "Health and readiness"),
+    )
+)]
+struct PublicApi;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The public API router and its OpenAPI document.
+pub fn public_router(state: AppState) -> Router {
+    let (router, openapi) = OpenApiRouter::with_openapi(PublicApi::openapi())
+        .routes(routes!(routes::events::list_events))
+        .routes(routes!(routes::events::get_event))
+        .routes(routes!(routes::event_types::list_event_types))
+        .routes(routes!(routes::health::healthz))
+        .routes(routes!(routes::health::readyz))
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    let read_only = || -> MethodRouter<AppState> {
+        axum::routing::post(routes::events::events_are_read_only)
+            .put(routes::events::events_are_read_only)
+            .patch(routes::events::events_are_read_only)
+            .delete(routes::events::events_are_read_only)
+    };
+    let router = router
+        .route("/v1/events", read_only())
+        .route("/v1/events/{id}", read_only())
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = Arc::clone(&openapi);
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .layer(DefaultBodyLimit::max(1024 * 1024));
+    finish(router, state)
+}
+
+/// The ingest router (internal port).
+pub fn ingest_router(state: AppState) -> Router {
+    let (router, _openapi) = OpenApiRouter::new()
+        .routes(routes!(routes::ingest::ingest_events))
+        .routes(routes!(routes::health::healthz))
+        .split_for_parts();
+    let router = router.layer(DefaultBodyLimit::max(routes::ingest::MAX_BODY_BYTES));
+    finish(router, state)
+}
+
+/// Layers shared by both routers: JSON 404/405, panics as 500s, request ids.
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
+        .fallback(|| async { ApiError::not_found("no such route; see /v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::method_not_allowed("GET", "this route does not accept that method")
+        })
+        .layer(CatchPanicLayer::custom(|_panic| -> Response {
+            ApiError::internal(&"a handler panicked").into_response()
+        }))
+        .layer(axum::middleware::from_fn(request_id::assign))
+        .with_state(state)
+}

@@ -1,0 +1,6 @@
+//! One module per resource; a route is found by its path.
+
+pub mod event_types;
+pub mod events;
+pub mod health;
+pub mod ingest;

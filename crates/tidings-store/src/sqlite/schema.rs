@@ -1,0 +1,114 @@
+//! Versioned schema migrations for the SQLite store. A migration, once released, is never
+//! edited: changes go in a new entry.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::{Context, StoreError};
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
+-- One row per ID prefix: the last number minted. Numbers are never reused, even after the
+-- retention sweep has deleted the newest rows.
+CREATE TABLE id_sequences (
+    prefix TEXT PRIMARY KEY,
+    last   INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- seq is the event number (EVT-YY-<seq>); created_at is unix seconds and never decreases
+-- with seq, which lets time bounds become seq bounds.
+CREATE TABLE events (
+    seq             INTEGER PRIMARY KEY,
+    org             TEXT NOT NULL,
+    workspace       TEXT,
+    type            TEXT NOT NULL,
+    actor_type      TEXT NOT NULL,
+    actor_id        TEXT NOT NULL,
+    subject_type    TEXT NOT NULL,
+    subject_id      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    idempotency_key TEXT
+);
+CREATE INDEX events_org ON events (org, seq);
+CREATE INDEX events_org_type ON events (org, type, seq);
+CREATE INDEX events_org_subject ON events (org, subject_id, seq);
+CREATE INDEX events_org_actor ON events (org, actor_id, seq);
+CREATE INDEX events_workspace ON events (workspace, seq) WHERE workspace IS NOT NULL;
+CREATE INDEX events_created_at ON events (created_at);
+CREATE UNIQUE INDEX events_idempotency ON events (org, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- A workspace belongs to exactly one organization, learnt from the first event naming it.
+CREATE TABLE workspaces (
+    workspace TEXT PRIMARY KEY,
+    org       TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE api_keys (
+    seq         INTEGER PRIMARY KEY,
+    secret_hash BLOB NOT NULL UNIQUE,
+    org         TEXT,
+    scopes      TEXT NOT NULL,
+    rate_limit  INTEGER,
+    description TEXT,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+"#,
+)];
+
+/// Applies every migration newer than the database, each in its own transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         )",
+    )
+    .context("creating the migrations table")?;
+    let current: i64 = conn
+        .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()
+        .context("reading the schema version")?
+        .flatten()
+        .unwrap_or(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a migration")?;
+        // Another process may have migrated while we waited for the lock.
+        let done: bool = tx
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE version = ?1)",
+                [version],
+                |r| r.get(0),
+            )
+            .context("checking a migration")?;
+        if !done {
+            tx.execute_batch(sql).context("applying a migration")?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, unixepoch())",
+                [version],
+            )
+            .context("recording a migration")?;
+            tracing::info!(version, "applied schema migration");
+        }
+        tx.commit().context("committing a migration")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Wires the store, the catalog and the two routers into a running server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tidings_domain::{Catalog, EventTypeInfo};
+use tidings_http::AppState;
+use tidings_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Everything `serve` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub ingest_listen: String,
+    pub data_dir: PathBuf,
+    /// A JSON file with extra event types: `[{"name": "...", "description": "..."}]`.
+    pub event_types_file: Option<PathBuf>,
+}
+
+/// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub public_addr: SocketAddr,
+    pub ingest_addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub catalog: Arc<Catalog>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Loads the built-in catalog plus the operator's extension file, if any.
+pub fn load_catalog(file: Option<&PathBuf>) -> anyhow::Result<Catalog> {
+    let mut catalog = Catalog::builtin();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading event types from {}", path.display()))?;
+        let extra: Vec<EventTypeInfo> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} must be a JSON array of {{\"name\": ..., \"description\": ...}}",
+                path.display()
+            )
+        })?;
+        catalog
+            .extend(extra)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    Ok(catalog)
+}
+
+impl RunningServer {
+    pub async fn start(config: &ServerConfig) -> anyhow::Result<Self> {
+        let catalog = Arc::new(load_catalog(config.event_types_file.as_ref())?);
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        );
+        let state = AppState {
+            store: Arc::clone(&store),
+            catalog: Arc::clone(&catalog),
+        };
+        let public = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding the public API to {}", config.listen))?;
+        let ingest = TcpListener::bind(&config.ingest_listen)
+            .await
+            .with_context(|| format!("binding the ingest port to {}", config.ingest_listen))?;
+        let public_addr = public.local_addr()?;
+        let ingest_addr = ingest.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let serve = |listener: TcpListener, router: axum::Router| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+            })
+        };
+        let tasks = vec![
+            serve(public, tidings_http::public_router(state.clone())),
+            serve(ingest, tidings_http::ingest_router(state)),
+        ];
+        tracing::info!(%public_addr, %ingest_addr, data_dir = %config.data_dir.display(), "listening");
+        Ok(Self {
+            public_addr,
+            ingest_addr,
+            store,
+            catalog,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops accepting connections, finishes in-flight requests, and waits for both ports.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "server task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Waits until a server task ends on its own (an I/O failure).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        if let Some(task) = self.tasks.first_mut() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
