@@ -83,11 +83,17 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
     ("invoice.finalized", "An invoice was finalized and issued."),
     ("invoice.paid", "An invoice was paid in full."),
-    ("invoice.payment_failed", "A payment attempt for an invoice failed."),
+    (
+        "invoice.payment_failed",
+        "A payment attempt for an invoice failed.",
+    ),
     ("invoice.voided", "An invoice was voided."),
     ("incident.opened", "An incident was opened."),
     ("incident.resolved", "An incident was resolved."),
-    ("incident.severity_changed", "An incident's severity changed."),
+    (
+        "incident.severity_changed",
+        "An incident's severity changed.",
+    ),
     ("agent.run.started", "An agent started a run."),
     ("agent.run.completed", "An agent run completed."),
     ("agent.run.failed", "An agent run failed."),
@@ -97,7 +103,10 @@ const BUILTIN: &[(&str, &str)] = &[
     ("user.deactivated", "A user was deactivated."),
     ("integration.connected", "An integration was connected."),
     ("integration.sync_failed", "An integration failed to sync."),
-    ("integration.disconnected", "An integration was disconnected."),
+    (
+        "integration.disconnected",
+        "An integration was disconnected.",
+    ),
     ("execution.blocked", "An execution was blocked."),
     ("execution.resumed", "A blocked execution resumed."),
     (
@@ -257,7 +266,14 @@ mod tests {
             EventType::parse("agent.run.completed").unwrap().domain(),
             "agent"
         );
-        for bad in ["invoice", "Invoice.paid", "invoice..paid", ".paid", "invoice.", "a b.c"] {
+        for bad in [
+            "invoice",
+            "Invoice.paid",
+            "invoice..paid",
+            ".paid",
+            "invoice.",
+            "a b.c",
+        ] {
             assert!(EventType::parse(bad).is_err(), "{bad}");
         }
     }

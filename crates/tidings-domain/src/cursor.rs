@@ -122,7 +122,10 @@ mod tests {
             CursorKey::new([8u8; 32]).decode("events|org=A|desc", &c),
             Err(CursorError::Malformed)
         );
-        assert_eq!(key().decode("s", "not base64!"), Err(CursorError::Malformed));
+        assert_eq!(
+            key().decode("s", "not base64!"),
+            Err(CursorError::Malformed)
+        );
         assert_eq!(key().decode("s", ""), Err(CursorError::Malformed));
     }
 

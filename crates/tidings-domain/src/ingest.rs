@@ -233,7 +233,10 @@ fn validate_event(
                 .map_err(|e| problem("actor.id", e))
                 .ok();
             for k in a.keys() {
-                problem(&format!("actor.{k}"), "unknown field; allowed: type, id".into());
+                problem(
+                    &format!("actor.{k}"),
+                    "unknown field; allowed: type, id".into(),
+                );
             }
             t.zip(id).map(|(actor_type, id)| Actor { actor_type, id })
         }
@@ -257,7 +260,8 @@ fn validate_event(
                     "unknown field; allowed: type, id".into(),
                 );
             }
-            t.zip(id).map(|(subject_type, id)| Subject { subject_type, id })
+            t.zip(id)
+                .map(|(subject_type, id)| Subject { subject_type, id })
         }
         Err(e) => {
             problem("subject", e);
@@ -420,7 +424,10 @@ mod tests {
         let events =
             parse_ingest_body(nd.as_bytes(), IngestFormat::Ndjson, &Catalog::builtin()).unwrap();
         assert_eq!(events.len(), 2);
-        assert_eq!(events[0].workspace_id.as_ref().unwrap().as_str(), "WS-26-000021");
+        assert_eq!(
+            events[0].workspace_id.as_ref().unwrap().as_str(),
+            "WS-26-000021"
+        );
     }
 
     #[test]
@@ -462,7 +469,13 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused_as_a_whole() {
         let c = Catalog::builtin();
-        for body in [&b"{"[..], b"[]", b"42", b"{\"events\": 3}", b"{\"events\": []}"] {
+        for body in [
+            &b"{"[..],
+            b"[]",
+            b"42",
+            b"{\"events\": 3}",
+            b"{\"events\": []}",
+        ] {
             assert!(
                 matches!(
                     parse_ingest_body(body, IngestFormat::Json, &c),
@@ -483,7 +496,10 @@ mod tests {
         assert!(parse(&e).is_err());
         e["idempotency_key"] = json!("k".repeat(255));
         assert_eq!(
-            parse(&e).unwrap()[0].idempotency_key.as_deref().map(str::len),
+            parse(&e).unwrap()[0]
+                .idempotency_key
+                .as_deref()
+                .map(str::len),
             Some(255)
         );
     }

@@ -16,4 +16,6 @@ pub use event::{Actor, ActorType, Event, NewEvent, Subject};
 pub use ids::{EventId, IdError, KeyId, OrgId, Token, WorkspaceId};
 pub use ingest::{FieldProblem, IngestError, IngestFormat, parse_ingest_body};
 pub use keys::{ApiKey, NewApiKey, Scope};
-pub use query::{EventFilter, EventQuery, Order, PageParams, ParamError, Params, Tenant, TimeRange};
+pub use query::{
+    EventFilter, EventQuery, Order, PageParams, ParamError, Params, Tenant, TimeRange,
+};

@@ -260,9 +260,8 @@ pub const MAX_TYPE_PATTERNS: usize = 20;
 impl EventFilter {
     /// Reads the event filters out of `params` (shared by the list and the stream).
     pub fn take_from(params: &mut Params) -> Result<Self, ParamError> {
-        let organization_id = params.take_parsed("organization_id", |v| {
-            v.parse::<OrgId>().map_err(|e| e.0)
-        })?;
+        let organization_id =
+            params.take_parsed("organization_id", |v| v.parse::<OrgId>().map_err(|e| e.0))?;
         let workspace_id = params.take_parsed("workspace_id", |v| {
             v.parse::<WorkspaceId>().map_err(|e| e.0)
         })?;
@@ -320,7 +319,9 @@ impl EventFilter {
             if matching.is_empty() {
                 return Err(ParamError::invalid(
                     "type",
-                    format!("type: `{pattern}` matches no event type in the catalog (GET /v1/event-types)"),
+                    format!(
+                        "type: `{pattern}` matches no event type in the catalog (GET /v1/event-types)"
+                    ),
                 ));
             }
             exact.extend(matching);
@@ -358,7 +359,8 @@ impl EventFilter {
                 .workspace_id
                 .as_ref()
                 .is_none_or(|w| Some(w) == e.workspace_id.as_ref())
-            && (self.types.is_empty() || self.types.iter().any(|p| p.matches(e.event_type.as_str())))
+            && (self.types.is_empty()
+                || self.types.iter().any(|p| p.matches(e.event_type.as_str())))
             && self
                 .subject_type
                 .as_ref()
@@ -400,17 +402,16 @@ mod tests {
 
     #[test]
     fn seed_queries_parse() {
-        let e = q("organization_id=ORG-26-090500&type=service_line.activated&from=2026-04-01")
-            .unwrap();
+        let e =
+            q("organization_id=ORG-26-090500&type=service_line.activated&from=2026-04-01").unwrap();
         assert_eq!(e.page.limit, 25);
         assert_eq!(e.page.order, Order::Desc);
         assert_eq!(
             e.filter.range.from.unwrap().to_rfc3339(),
             "2026-04-01T00:00:00+00:00"
         );
-        let feed =
-            q("workspace_id=WS-26-000021&from=2026-04-14T00:00:00Z&to=2026-04-15T00:00:00Z")
-                .unwrap();
+        let feed = q("workspace_id=WS-26-000021&from=2026-04-14T00:00:00Z&to=2026-04-15T00:00:00Z")
+            .unwrap();
         assert!(feed.filter.organization_id.is_none());
     }
 
@@ -435,7 +436,10 @@ mod tests {
         let e = q("organisation_id=ORG-26-090500").unwrap_err();
         assert_eq!(e.code, "parameter_missing");
         let e = q("organization_id=ORG-26-090500&organisation_id=x").unwrap_err();
-        assert_eq!((e.code, e.param.as_str()), ("parameter_unknown", "organisation_id"));
+        assert_eq!(
+            (e.code, e.param.as_str()),
+            ("parameter_unknown", "organisation_id")
+        );
         let e = q("organization_id=ORG-26-090500&type=a.b&type=c.d").unwrap_err();
         assert_eq!(e.code, "parameter_duplicated");
     }
@@ -447,7 +451,9 @@ mod tests {
         let all = q("organization_id=ORG-26-090500&type=*,task.created").unwrap();
         assert!(all.filter.types.is_empty());
         assert_eq!(
-            q("organization_id=ORG-26-090500&type=invoice").unwrap_err().param,
+            q("organization_id=ORG-26-090500&type=invoice")
+                .unwrap_err()
+                .param,
             "type"
         );
     }
@@ -469,7 +475,9 @@ mod tests {
             from: Some(parse_time_bound("2026-04-14T00:00:00.5Z").unwrap()),
             to: Some(parse_time_bound("2026-04-14T00:00:10Z").unwrap()),
         };
-        let base = parse_time_bound("2026-04-14T00:00:00Z").unwrap().timestamp();
+        let base = parse_time_bound("2026-04-14T00:00:00Z")
+            .unwrap()
+            .timestamp();
         assert_eq!(r.as_unix_seconds(), (Some(base + 1), Some(base + 10)));
     }
 }

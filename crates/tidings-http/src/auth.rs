@@ -24,9 +24,7 @@ impl FromRequestParts<AppState> for Authenticated {
             .headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| {
-                ApiError::unauthenticated(
-                    "no API key: send it as `Authorization: Bearer <key>`",
-                )
+                ApiError::unauthenticated("no API key: send it as `Authorization: Bearer <key>`")
             })?
             .to_str()
             .map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
@@ -58,10 +56,7 @@ impl Authenticated {
         } else {
             Err(ApiError::forbidden(
                 "scope_missing",
-                format!(
-                    "this key ({}) lacks the `{scope}` scope",
-                    self.0.id
-                ),
+                format!("this key ({}) lacks the `{scope}` scope", self.0.id),
             ))
         }
     }

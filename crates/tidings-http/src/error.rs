@@ -137,10 +137,7 @@ impl ApiError {
             "api_key_invalid",
             message,
         )
-        .with_header(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer"),
-        )
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {

@@ -69,7 +69,11 @@ impl<'a> Paginator<'a> {
     pub fn respond<T>(&self, page: Page<T>, position: impl Fn(&T) -> u64) -> ListResponse<T> {
         let cursor = page
             .has_more
-            .then(|| page.items.last().map(|last| self.key.encode(&self.scope, position(last))))
+            .then(|| {
+                page.items
+                    .last()
+                    .map(|last| self.key.encode(&self.scope, position(last)))
+            })
             .flatten();
         ListResponse {
             meta: ListMeta {

@@ -41,7 +41,10 @@ pub async fn assign(request: Request, next: Next) -> Response {
     );
     let started = std::time::Instant::now();
     let mut response = REQUEST_ID
-        .scope(id.clone(), tracing::Instrument::instrument(next.run(request), span.clone()))
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(request), span.clone()),
+        )
         .await;
     // Successes are logged at debug level: at tens of thousands of requests a second an
     // info line each would cost more than the request.

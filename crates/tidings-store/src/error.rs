@@ -22,7 +22,9 @@ pub enum StoreError {
     },
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
-    #[error("the database schema is at version {found}, newer than this build knows ({known}); upgrade Tidings")]
+    #[error(
+        "the database schema is at version {found}, newer than this build knows ({known}); upgrade Tidings"
+    )]
     SchemaTooNew { found: i64, known: i64 },
     /// A write failed for a whole group commit; the message names the cause.
     #[error("the write could not be committed: {0}")]

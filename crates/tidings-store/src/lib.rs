@@ -2,14 +2,18 @@
 //! SQLite backend. Every query that touches tenant data takes a [`Tenant`] as a required
 //! argument, so the organization scope is enforced here and not only in handlers.
 
+pub mod clock;
 mod error;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use rand::Rng;
 use tidings_domain::keys::KEY_SECRET_PREFIX;
-use tidings_domain::{ApiKey, CursorKey, Event, EventFilter, EventId, KeyId, NewApiKey, NewEvent, Order, Tenant};
+use tidings_domain::{
+    ApiKey, CursorKey, Event, EventFilter, EventId, KeyId, NewApiKey, NewEvent, Order, Tenant,
+};
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StoreError;
 pub use sqlite::SqliteStore;
 
@@ -50,7 +54,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_event(&self, tenant: &Tenant, id: EventId) -> Result<Option<Event>, StoreError>;
 
     /// Stores a key whose secret hashes to `secret_hash`.
-    async fn create_key(&self, key: NewApiKey, secret_hash: [u8; 32]) -> Result<ApiKey, StoreError>;
+    async fn create_key(&self, key: NewApiKey, secret_hash: [u8; 32])
+    -> Result<ApiKey, StoreError>;
 
     /// Every key, newest first (operators only: there is no API route for this).
     async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError>;

@@ -136,7 +136,12 @@ impl EventGenerator {
             }
             42..=53 => {
                 let invoice = self.id("INV", 99_999);
-                let t = self.one_of(&["invoice.finalized", "invoice.paid", "invoice.payment_failed", "invoice.voided"]);
+                let t = self.one_of(&[
+                    "invoice.finalized",
+                    "invoice.paid",
+                    "invoice.payment_failed",
+                    "invoice.voided",
+                ]);
                 (
                     t,
                     json!({"type": "system", "id": "billing"}),
@@ -182,7 +187,11 @@ impl EventGenerator {
                 )
             }
             82..=87 => {
-                let t = self.one_of(&["incident.opened", "incident.resolved", "incident.severity_changed"]);
+                let t = self.one_of(&[
+                    "incident.opened",
+                    "incident.resolved",
+                    "incident.severity_changed",
+                ]);
                 (
                     t,
                     json!({"type": "integration", "id": "pagerduty"}),
@@ -195,7 +204,11 @@ impl EventGenerator {
                 )
             }
             88..=92 => {
-                let t = self.one_of(&["integration.connected", "integration.sync_failed", "integration.disconnected"]);
+                let t = self.one_of(&[
+                    "integration.connected",
+                    "integration.sync_failed",
+                    "integration.disconnected",
+                ]);
                 (
                     t,
                     json!({"type": "user", "id": user}),
@@ -213,7 +226,11 @@ impl EventGenerator {
                 )
             }
             _ => {
-                let t = self.one_of(&["execution.blocked", "execution.resumed", "agent.policy_violated"]);
+                let t = self.one_of(&[
+                    "execution.blocked",
+                    "execution.resumed",
+                    "agent.policy_violated",
+                ]);
                 (
                     t,
                     json!({"type": "agent", "id": self.id("AGT", 40)}),
@@ -284,6 +301,9 @@ mod tests {
             .iter()
             .filter(|e| e["organization_id"] == SEED_ORG)
             .count();
-        assert!(seed_org > 300, "the seed org should dominate, got {seed_org}");
+        assert!(
+            seed_org > 300,
+            "the seed org should dominate, got {seed_org}"
+        );
     }
 }

@@ -33,7 +33,9 @@ pub async fn create(
 }
 
 pub async fn revoke(store: &dyn Store, id: &str) -> anyhow::Result<ApiKey> {
-    let id: KeyId = id.parse().map_err(|e: tidings_domain::IdError| anyhow::anyhow!(e.0))?;
+    let id: KeyId = id
+        .parse()
+        .map_err(|e: tidings_domain::IdError| anyhow::anyhow!(e.0))?;
     store
         .revoke_key(id)
         .await

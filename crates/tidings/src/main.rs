@@ -13,12 +13,21 @@ use tidings_domain::{OrgId, Scope};
 use tidings_store::{SqliteStore, Store};
 
 #[derive(Parser)]
-#[command(name = "tidings", version, about = "The platform event stream and webhook server")]
+#[command(
+    name = "tidings",
+    version,
+    about = "The platform event stream and webhook server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format: `text` or `json`.
-    #[arg(long, global = true, env = "TIDINGS_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "TIDINGS_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: String,
 }
 
@@ -65,7 +74,11 @@ enum KeysCommand {
     /// Create a key and print its secret (shown only this once) on stdout.
     Create {
         /// The organization the key belongs to.
-        #[arg(long, conflicts_with = "platform", required_unless_present = "platform")]
+        #[arg(
+            long,
+            conflicts_with = "platform",
+            required_unless_present = "platform"
+        )]
         org: Option<String>,
         /// A platform key: any organization (needed for ingest).
         #[arg(long)]
@@ -96,7 +109,11 @@ enum KeysCommand {
 #[derive(Args)]
 struct EmitArgs {
     /// Ingest port URL.
-    #[arg(long, env = "TIDINGS_INGEST_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "TIDINGS_INGEST_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     ingest_url: String,
     /// A platform key with the events:ingest scope.
     #[arg(long, env = "TIDINGS_INGEST_KEY", hide_env_values = true)]
@@ -215,15 +232,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some("demo producer".into()),
         )
         .await?;
-        let org: OrgId = tidings::demo::SEED_ORG.parse().map_err(|e: tidings_domain::IdError| anyhow::anyhow!(e.0))?;
+        let org: OrgId = tidings::demo::SEED_ORG
+            .parse()
+            .map_err(|e: tidings_domain::IdError| anyhow::anyhow!(e.0))?;
         let (read_key, read_secret) = tidings::keys::create(
             store.as_ref(),
             Some(org),
-            vec![Scope::EventsRead, Scope::WebhooksRead, Scope::WebhooksWrite, Scope::AuditLogsRead],
+            vec![
+                Scope::EventsRead,
+                Scope::WebhooksRead,
+                Scope::WebhooksWrite,
+                Scope::AuditLogsRead,
+            ],
             Some("demo reader".into()),
         )
         .await?;
-        println!("Demo read key for {} ({}): {read_secret}", tidings::demo::SEED_ORG, read_key.id);
+        println!(
+            "Demo read key for {} ({}): {read_secret}",
+            tidings::demo::SEED_ORG,
+            read_key.id
+        );
         println!(
             "Try: curl -H 'Authorization: Bearer {read_secret}' 'http://{}/v1/events?organization_id={}&type=service_line.activated&from=2026-04-01'",
             server.public_addr,
@@ -285,7 +313,8 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 .map(|o| o.parse::<OrgId>())
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--org: {}", e.0))?;
-            let scopes = Scope::parse_list(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+            let scopes =
+                Scope::parse_list(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
             let store = open_store(&store)?;
             let (_, secret) = tidings::keys::create(&store, org, scopes, description).await?;
             println!("{secret}");

@@ -52,12 +52,18 @@ pub fn load_catalog(file: Option<&PathBuf>) -> anyhow::Result<Catalog> {
 }
 
 impl RunningServer {
+    /// Opens the embedded store in `config.data_dir` and starts serving.
     pub async fn start(config: &ServerConfig) -> anyhow::Result<Self> {
-        let catalog = Arc::new(load_catalog(config.event_types_file.as_ref())?);
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&config.data_dir)
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         );
+        Self::with_store(config, store).await
+    }
+
+    /// Starts serving on an already opened store (`config.data_dir` is then only reported).
+    pub async fn with_store(config: &ServerConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        let catalog = Arc::new(load_catalog(config.event_types_file.as_ref())?);
         let state = AppState {
             store: Arc::clone(&store),
             catalog: Arc::clone(&catalog),

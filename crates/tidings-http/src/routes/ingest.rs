@@ -87,7 +87,9 @@ fn ingest_format(headers: &HeaderMap) -> Result<IngestFormat, ApiError> {
         }
         other => Err(ApiError::bad_request(
             "content_type_unsupported",
-            format!("Content-Type `{other}` is not accepted: use application/json or application/x-ndjson"),
+            format!(
+                "Content-Type `{other}` is not accepted: use application/json or application/x-ndjson"
+            ),
         )),
     }
 }

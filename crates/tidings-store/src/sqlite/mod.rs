@@ -20,6 +20,7 @@ use tidings_domain::{
 };
 use tokio::sync::oneshot;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Context, StoreError};
 use crate::{Page, PageRequest, Store};
 use writer::WriteOp;
@@ -38,6 +39,11 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir` and applies migrations.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_clock(data_dir, Arc::new(SystemClock))
+    }
+
+    /// Like [`SqliteStore::open`], with the clock that stamps `created_at`.
+    pub fn open_with_clock(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
@@ -49,7 +55,7 @@ impl SqliteStore {
         let (writes, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("tidings-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx))
+            .spawn(move || writer::run(conn, rx, clock))
             .map_err(|source| StoreError::DataDir {
                 path: path.display().to_string(),
                 source,

@@ -18,8 +18,7 @@ use tidings_domain::{
 use crate::error::{Context, StoreError};
 use crate::{Page, PageRequest};
 
-pub(crate) const EVENT_COLUMNS: &str =
-    "seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id, payload, created_at";
+pub(crate) const EVENT_COLUMNS: &str = "seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id, payload, created_at";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -136,7 +135,11 @@ pub(crate) fn list_events(
         bind(&mut conds, "workspace = ?", Value::Text(ws.as_str().into()));
     }
     if let Some(t) = &filter.subject_type {
-        bind(&mut conds, "subject_type = ?", Value::Text(t.as_str().into()));
+        bind(
+            &mut conds,
+            "subject_type = ?",
+            Value::Text(t.as_str().into()),
+        );
     }
     if let Some(t) = &filter.subject_id {
         bind(&mut conds, "subject_id = ?", Value::Text(t.as_str().into()));
@@ -224,7 +227,9 @@ pub(crate) fn list_events(
         )
     };
 
-    let mut stmt = conn.prepare_cached(&sql).context("preparing an event query")?;
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .context("preparing an event query")?;
     let rows = stmt
         .query_map(params_from_iter(args.iter()), event_from_row)
         .context("querying events")?;
@@ -289,12 +294,14 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiKey, StoreError>> {
 }
 
 pub(crate) fn key_by_seq(conn: &Connection, seq: u64) -> Result<Option<ApiKey>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE seq = ?1"))
-        .context("preparing a key lookup")?
-        .query_row([seq as i64], key_from_row)
-        .optional()
-        .context("looking up a key")?
-        .transpose()
+    conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE seq = ?1"
+    ))
+    .context("preparing a key lookup")?
+    .query_row([seq as i64], key_from_row)
+    .optional()
+    .context("looking up a key")?
+    .transpose()
 }
 
 pub(crate) fn active_key_by_hash(

@@ -6,7 +6,7 @@
 //! all-or-nothing, and producers share the fsync.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, Datelike, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -14,6 +14,7 @@ use tidings_domain::{ApiKey, Event, EventId, FieldProblem, KeyId, NewApiKey, New
 use tokio::sync::oneshot;
 
 use super::read;
+use crate::clock::Clock;
 use crate::error::{Context, StoreError};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -37,7 +38,7 @@ pub(crate) enum WriteOp {
 /// Upper bound on events folded into one transaction; keeps latency of a group bounded.
 const MAX_GROUP_EVENTS: usize = 20_000;
 
-pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<WriteOp>) {
+pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<WriteOp>, clock: Arc<dyn Clock>) {
     // workspace -> organization; immutable once learnt, so caching is always safe.
     let mut workspaces: HashMap<String, String> = HashMap::new();
     while let Ok(first) = rx.recv() {
@@ -58,7 +59,7 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<WriteOp>) {
             }
         }
         if !group.is_empty() {
-            ingest_group(&mut conn, &mut workspaces, group);
+            ingest_group(&mut conn, clock.now(), &mut workspaces, group);
         }
         for op in others {
             match op {
@@ -67,20 +68,16 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<WriteOp>) {
                     secret_hash,
                     reply,
                 } => {
-                    let _ = reply.send(create_key(&mut conn, key, secret_hash));
+                    let _ = reply.send(create_key(&mut conn, clock.now(), key, secret_hash));
                 }
                 WriteOp::RevokeKey { id, reply } => {
-                    let _ = reply.send(revoke_key(&mut conn, id));
+                    let _ = reply.send(revoke_key(&mut conn, clock.now(), id));
                 }
                 WriteOp::Ingest { .. } => unreachable!("ingest ops are grouped above"),
             }
         }
     }
     tracing::debug!("sqlite writer stopped");
-}
-
-pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now()
 }
 
 fn two_digit_year(t: DateTime<Utc>) -> u8 {
@@ -110,11 +107,12 @@ fn set_last_id(tx: &Transaction<'_>, prefix: &str, last: u64) -> Result<(), Stor
 
 fn ingest_group(
     conn: &mut Connection,
+    now: DateTime<Utc>,
     workspaces: &mut HashMap<String, String>,
     group: Vec<(Vec<NewEvent>, Reply<Vec<Event>>)>,
 ) {
     let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-    match write_group(conn, workspaces, &batches) {
+    match write_group(conn, now, workspaces, &batches) {
         Ok(outcomes) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
@@ -133,6 +131,7 @@ fn ingest_group(
 /// One transaction for the whole group; per-request outcomes inside it.
 fn write_group(
     conn: &mut Connection,
+    now: DateTime<Utc>,
     workspaces: &mut HashMap<String, String>,
     batches: &[Vec<NewEvent>],
 ) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
@@ -149,7 +148,7 @@ fn write_group(
         .optional()
         .context("reading the newest event time")?;
     // created_at never decreases with seq, even if the wall clock steps back.
-    let now_secs = now().timestamp().max(last_created.unwrap_or(i64::MIN));
+    let now_secs = now.timestamp().max(last_created.unwrap_or(i64::MIN));
     let created_at = DateTime::from_timestamp(now_secs, 0)
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {now_secs} out of range")))?;
 
@@ -159,14 +158,7 @@ fn write_group(
         let sp = tx.savepoint().context("opening a request savepoint")?;
         let mut learnt = HashMap::new();
         let mut seq = last_seq;
-        let outcome = insert_batch(
-            &sp,
-            events,
-            &mut seq,
-            created_at,
-            workspaces,
-            &mut learnt,
-        );
+        let outcome = insert_batch(&sp, events, &mut seq, created_at, workspaces, &mut learnt);
         match outcome {
             Ok(recorded) => {
                 sp.commit().context("releasing a request savepoint")?;
@@ -295,6 +287,7 @@ fn insert_batch(
 
 fn create_key(
     conn: &mut Connection,
+    now: DateTime<Utc>,
     key: NewApiKey,
     secret_hash: [u8; 32],
 ) -> Result<ApiKey, StoreError> {
@@ -302,7 +295,7 @@ fn create_key(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context("starting a key transaction")?;
     let seq = last_id(&tx, "KEY")? + 1;
-    let created_at = now();
+    let created_at = now;
     let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
     tx.execute(
         "INSERT INTO api_keys (seq, secret_hash, org, scopes, rate_limit, description, created_at)
@@ -325,7 +318,11 @@ fn create_key(
     Ok(stored)
 }
 
-fn revoke_key(conn: &mut Connection, id: KeyId) -> Result<Option<ApiKey>, StoreError> {
+fn revoke_key(
+    conn: &mut Connection,
+    now: DateTime<Utc>,
+    id: KeyId,
+) -> Result<Option<ApiKey>, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context("starting a key transaction")?;
@@ -335,7 +332,7 @@ fn revoke_key(conn: &mut Connection, id: KeyId) -> Result<Option<ApiKey>, StoreE
     if existing.revoked_at.is_none() {
         tx.execute(
             "UPDATE api_keys SET revoked_at = ?2 WHERE seq = ?1",
-            params![id.number as i64, now().timestamp()],
+            params![id.number as i64, now.timestamp()],
         )
         .context("revoking a key")?;
     }

@@ -1,0 +1,212 @@
+//! `TestApp::spawn()`: a fresh store and server for one test, and helpers to talk to it.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tidings::server::{RunningServer, ServerConfig};
+use tidings_domain::{OrgId, Scope};
+use tidings_store::{ManualClock, SqliteStore, Store};
+
+pub struct TestApp {
+    pub public: String,
+    pub ingest: String,
+    pub client: reqwest::Client,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<ManualClock>,
+    _server: RunningServer,
+    ingest_key: String,
+    _dir: TempDir,
+}
+
+/// The instant every test store starts at.
+pub fn start_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 4, 14, 8, 0, 0)
+        .single()
+        .expect("valid date")
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(ManualClock::new(start_time()));
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_with_clock(dir.path(), clock.clone()).expect("open store"));
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            ingest_listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().to_path_buf(),
+            event_types_file: None,
+        };
+        let server = RunningServer::with_store(&config, Arc::clone(&store))
+            .await
+            .expect("start server");
+        let (_, ingest_key) = tidings::keys::create(
+            store.as_ref(),
+            None,
+            vec![Scope::EventsIngest, Scope::EventsRead],
+            None,
+        )
+        .await
+        .expect("ingest key");
+        Self {
+            public: format!("http://{}", server.public_addr),
+            ingest: format!("http://{}", server.ingest_addr),
+            client: reqwest::Client::new(),
+            store,
+            clock,
+            _server: server,
+            ingest_key,
+            _dir: dir,
+        }
+    }
+
+    /// An organization key with the given scopes.
+    pub async fn org_key(&self, org: &str, scopes: &[Scope]) -> String {
+        let org: OrgId = org.parse().expect("org id");
+        tidings::keys::create(self.store.as_ref(), Some(org), scopes.to_vec(), None)
+            .await
+            .expect("create key")
+            .1
+    }
+
+    /// A platform key (any organization) with the given scopes.
+    pub async fn platform_key(&self, scopes: &[Scope]) -> String {
+        tidings::keys::create(self.store.as_ref(), None, scopes.to_vec(), None)
+            .await
+            .expect("create key")
+            .1
+    }
+
+    pub fn ingest_key(&self) -> &str {
+        &self.ingest_key
+    }
+
+    /// POSTs a raw body to the ingest port.
+    pub async fn ingest_raw(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/internal/v1/events", self.ingest))
+            .bearer_auth(key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("ingest request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Ingests a batch that must succeed; returns the recorded events.
+    pub async fn ingest(&self, events: &[Value]) -> Vec<Value> {
+        let (status, body) = self
+            .ingest_raw(
+                &self.ingest_key,
+                "application/json",
+                json!({ "events": events }).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "ingest failed: {body}");
+        body["data"].as_array().expect("data array").clone()
+    }
+
+    /// GET on the public API; returns status and JSON body.
+    pub async fn get(&self, key: &str, path_and_query: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("{}{}", self.public, path_and_query))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET request");
+        let status = response.status();
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "every response is JSON"
+        );
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "every response has a request id"
+        );
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    /// Walks every page of a list query; returns the items in the order served.
+    pub async fn walk(&self, key: &str, path_and_query: &str) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..10_000 {
+            let url = match &cursor {
+                Some(c) => format!("{path_and_query}&cursor={c}"),
+                None => path_and_query.to_string(),
+            };
+            let (status, body) = self.get(key, &url).await;
+            assert_eq!(status, StatusCode::OK, "{url}: {body}");
+            items.extend(body["data"].as_array().expect("data").iter().cloned());
+            let has_more = body["meta"]["has_more"].as_bool().expect("has_more");
+            cursor = body["meta"]["cursor"].as_str().map(str::to_string);
+            assert_eq!(
+                has_more,
+                cursor.is_some(),
+                "cursor is null exactly on the last page"
+            );
+            if !has_more {
+                return items;
+            }
+        }
+        panic!("pagination did not end");
+    }
+}
+
+/// A valid event for `org`, with overrides merged in.
+pub fn event(org: &str, overrides: Value) -> Value {
+    let mut e = json!({
+        "type": "service_line.activated",
+        "organization_id": org,
+        "workspace_id": null,
+        "actor": {"type": "user", "id": "USR-26-000044"},
+        "subject": {"type": "service_line", "id": "LIN-26-084729"},
+        "payload": {"previous_status": "draft", "new_status": "active"}
+    });
+    if let (Some(base), Some(extra)) = (e.as_object_mut(), overrides.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    e
+}
+
+/// Asserts the §7 error shape and returns the error object.
+pub fn assert_error(
+    status: StatusCode,
+    body: &Value,
+    expected: StatusCode,
+    error_type: &str,
+) -> Value {
+    assert_eq!(status, expected, "{body}");
+    let error = &body["error"];
+    assert_eq!(error["type"], error_type, "{body}");
+    assert!(error["code"].is_string(), "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.len() > 10),
+        "an actionable message: {body}"
+    );
+    assert!(
+        error["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_")),
+        "{body}"
+    );
+    error.clone()
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: a real server on 127.0.0.1:0, real HTTP, a real SQLite file in a
+//! temporary directory. `harness` holds `TestApp::spawn()`; each module covers one area.
+
+mod harness;
+mod process;
+
+mod bad_input;
+mod cli;
+mod durability;
+mod events_filters;
+mod ingest;
+mod pagination;
+mod tenancy;
