@@ -19,3 +19,4 @@ pub use keys::{ApiKey, NewApiKey, Scope};
 pub use query::{
     EventFilter, EventQuery, Order, PageParams, ParamError, Params, Tenant, TimeRange,
 };
+pub mod webhook;

@@ -5,7 +5,8 @@
 //! one fsync. `synchronous=FULL` makes a commit survive a power cut, and the 201 is sent only
 //! after it. Reads run on a small pool of their own connections, off the async runtime.
 
-mod read;
+mod events;
+mod keys;
 mod schema;
 mod writer;
 
@@ -23,14 +24,14 @@ use tokio::sync::oneshot;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Context, StoreError};
 use crate::{Page, PageRequest, Store};
-use writer::WriteOp;
+use writer::{Job, WriterCtx};
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "tidings.db";
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
-    writes: mpsc::Sender<WriteOp>,
+    writes: mpsc::Sender<Job>,
     readers: Arc<ReadPool>,
     cursor_key: CursorKey,
     path: PathBuf,
@@ -76,13 +77,19 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn write<T>(
+    /// Runs `work` on the writer thread, inside the next group commit; returns after the
+    /// commit. `weight` bounds the group (events for ingest, 1 otherwise).
+    async fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+        weight: usize,
+        work: impl FnOnce(&Connection, &mut WriterCtx<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writes.send(op(tx)).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.writes
+            .send(Job::new(weight, work, tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
     }
 
     async fn read<T: Send + 'static>(
@@ -175,7 +182,10 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|reply| WriteOp::Ingest { events, reply }).await
+        self.write(events.len(), move |conn, ctx| {
+            events::insert_events(conn, ctx, &events)
+        })
+        .await
     }
 
     async fn list_events(
@@ -185,13 +195,13 @@ impl Store for SqliteStore {
         page: PageRequest,
     ) -> Result<Page<Event>, StoreError> {
         let (tenant, filter) = (tenant.clone(), filter.clone());
-        self.read(move |conn| read::list_events(conn, &tenant, &filter, page))
+        self.read(move |conn| events::list_events(conn, &tenant, &filter, page))
             .await
     }
 
     async fn get_event(&self, tenant: &Tenant, id: EventId) -> Result<Option<Event>, StoreError> {
         let tenant = tenant.clone();
-        self.read(move |conn| read::get_event(conn, &tenant, id))
+        self.read(move |conn| events::get_event(conn, &tenant, id))
             .await
     }
 
@@ -200,24 +210,23 @@ impl Store for SqliteStore {
         key: NewApiKey,
         secret_hash: [u8; 32],
     ) -> Result<ApiKey, StoreError> {
-        self.write(|reply| WriteOp::CreateKey {
-            key,
-            secret_hash,
-            reply,
+        self.write(1, move |conn, ctx| {
+            keys::create_key(conn, ctx, key, secret_hash)
         })
         .await
     }
 
     async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        self.read(read::list_keys).await
+        self.read(keys::list_keys).await
     }
 
     async fn revoke_key(&self, id: KeyId) -> Result<Option<ApiKey>, StoreError> {
-        self.write(|reply| WriteOp::RevokeKey { id, reply }).await
+        self.write(1, move |conn, ctx| keys::revoke_key(conn, ctx.now, id))
+            .await
     }
 
     async fn authenticate(&self, secret_hash: [u8; 32]) -> Result<Option<ApiKey>, StoreError> {
-        self.read(move |conn| read::active_key_by_hash(conn, &secret_hash))
+        self.read(move |conn| keys::active_key_by_hash(conn, &secret_hash))
             .await
     }
 

@@ -1,4 +1,4 @@
-//! Read queries: event lists with keyset pagination, single events, keys.
+//! Events: the ingest write (a writer job) and the read queries with keyset pagination.
 //!
 //! Index choice is explicit (`INDEXED BY`): the most selective equality the filter has picks
 //! the index whose trailing column is `seq`, so a page is a bounded range scan already in
@@ -6,25 +6,26 @@
 //! reason. Time bounds are turned into `seq` bounds first: `created_at` never decreases
 //! with `seq`.
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::value::RawValue;
 use tidings_domain::{
-    Actor, ApiKey, Event, EventFilter, EventId, EventType, KeyId, Order, Scope, Subject, Tenant,
+    Actor, Event, EventFilter, EventId, EventType, FieldProblem, NewEvent, Order, Subject, Tenant,
     TypePattern,
 };
 
+use super::writer::{WriterCtx, two_digit_year};
 use crate::error::{Context, StoreError};
 use crate::{Page, PageRequest};
 
 pub(crate) const EVENT_COLUMNS: &str = "seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id, payload, created_at";
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn timestamp(secs: i64) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn timestamp(secs: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp(secs, 0).ok_or_else(|| corrupt("timestamp", secs))
 }
 
@@ -44,7 +45,7 @@ pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event, St
     Ok((|| {
         let created_at = timestamp(created_at)?;
         Ok(Event {
-            id: EventId::new(created_at.year().rem_euclid(100) as u8, seq as u64),
+            id: EventId::new(two_digit_year(created_at), seq as u64),
             event_type: EventType::parse(&event_type).map_err(|e| corrupt("type", e))?,
             organization_id: org.parse().map_err(|e| corrupt("org", e))?,
             workspace_id: workspace
@@ -266,68 +267,105 @@ pub(crate) fn get_event(
     }))
 }
 
-const KEY_COLUMNS: &str = "seq, org, scopes, rate_limit, description, created_at, revoked_at";
-
-fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiKey, StoreError>> {
-    let seq: i64 = row.get(0)?;
-    let org: Option<String> = row.get(1)?;
-    let scopes: String = row.get(2)?;
-    let rate_limit: Option<u32> = row.get(3)?;
-    let description: Option<String> = row.get(4)?;
-    let created_at: i64 = row.get(5)?;
-    let revoked_at: Option<i64> = row.get(6)?;
-    Ok((|| {
-        let created_at = timestamp(created_at)?;
-        Ok(ApiKey {
-            id: KeyId::new(created_at.year().rem_euclid(100) as u8, seq as u64),
-            organization_id: org
-                .map(|o| o.parse())
-                .transpose()
-                .map_err(|e| corrupt("key org", e))?,
-            scopes: Scope::parse_list(&scopes).map_err(|e| corrupt("key scopes", e))?,
-            rate_limit,
-            description,
-            created_at,
-            revoked_at: revoked_at.map(timestamp).transpose()?,
-        })
-    })())
-}
-
-pub(crate) fn key_by_seq(conn: &Connection, seq: u64) -> Result<Option<ApiKey>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE seq = ?1"
-    ))
-    .context("preparing a key lookup")?
-    .query_row([seq as i64], key_from_row)
-    .optional()
-    .context("looking up a key")?
-    .transpose()
-}
-
-pub(crate) fn active_key_by_hash(
+/// Records one ingest batch (a writer job): all of it, or — on a conflict with stored data —
+/// none of it. A repeated idempotency key yields the event first recorded.
+pub(crate) fn insert_events(
     conn: &Connection,
-    hash: &[u8; 32],
-) -> Result<Option<ApiKey>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?1 AND revoked_at IS NULL"
-    ))
-    .context("preparing a key lookup")?
-    .query_row(params![&hash[..]], key_from_row)
-    .optional()
-    .context("authenticating a key")?
-    .transpose()
-}
-
-pub(crate) fn list_keys(conn: &Connection) -> Result<Vec<ApiKey>, StoreError> {
-    let mut stmt = conn
+    ctx: &mut WriterCtx<'_>,
+    events: &[NewEvent],
+) -> Result<Vec<Event>, StoreError> {
+    let mut find_key = conn
         .prepare_cached(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY seq DESC"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE org = ?1 AND idempotency_key = ?2"
         ))
-        .context("preparing the key list")?;
-    let rows = stmt.query_map([], key_from_row).context("listing keys")?;
-    let mut keys = Vec::new();
-    for row in rows {
-        keys.push(row.context("reading a key row")??);
+        .context("preparing the idempotency lookup")?;
+    let mut find_ws = conn
+        .prepare_cached("SELECT org FROM workspaces WHERE workspace = ?1")
+        .context("preparing the workspace lookup")?;
+    let mut add_ws = conn
+        .prepare_cached("INSERT INTO workspaces (workspace, org) VALUES (?1, ?2)")
+        .context("preparing the workspace insert")?;
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
+                                 subject_id, payload, created_at, idempotency_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .context("preparing the event insert")?;
+
+    let created_at = ctx.event_time(conn)?;
+    let year = two_digit_year(created_at);
+    let mut recorded = Vec::with_capacity(events.len());
+    let mut problems = Vec::new();
+    for (index, e) in events.iter().enumerate() {
+        let org = e.organization_id.as_str();
+        if let Some(key) = &e.idempotency_key {
+            // Also finds an event recorded earlier in this same transaction.
+            let existing = find_key
+                .query_row(params![org, key], event_from_row)
+                .optional()
+                .context("looking up an idempotency key")?;
+            if let Some(existing) = existing {
+                recorded.push(existing?);
+                continue;
+            }
+        }
+        if let Some(ws) = &e.workspace_id {
+            let ws = ws.as_str();
+            let owner = match ctx.workspace_owner(ws) {
+                Some(o) => Some(o.clone()),
+                None => find_ws
+                    .query_row([ws], |r| r.get::<_, String>(0))
+                    .optional()
+                    .context("looking up a workspace")?,
+            };
+            match owner {
+                Some(owner) if owner != org => problems.push(FieldProblem {
+                    index,
+                    field: "workspace_id".into(),
+                    reason: format!(
+                        "workspace {ws} belongs to another organization; a workspace belongs to exactly one"
+                    ),
+                }),
+                Some(_) => {}
+                None => {
+                    add_ws.execute([ws, org]).context("recording a workspace")?;
+                    ctx.learn_workspace(ws, org);
+                }
+            }
+        }
+        let seq = ctx.next_id(conn, "EVT")?;
+        insert
+            .execute(params![
+                seq as i64,
+                org,
+                e.workspace_id.as_ref().map(|w| w.as_str()),
+                e.event_type.as_str(),
+                e.actor.actor_type.as_str(),
+                e.actor.id.as_str(),
+                e.subject.subject_type.as_str(),
+                e.subject.id.as_str(),
+                e.payload,
+                created_at.timestamp(),
+                e.idempotency_key,
+            ])
+            .context("inserting an event")?;
+        let payload = RawValue::from_string(e.payload.clone())
+            .map_err(|err| StoreError::Corrupt(format!("payload is not JSON: {err}")))?;
+        recorded.push(Event {
+            id: EventId::new(year, seq),
+            event_type: e.event_type.clone(),
+            organization_id: e.organization_id.clone(),
+            workspace_id: e.workspace_id.clone(),
+            actor: e.actor.clone(),
+            subject: e.subject.clone(),
+            payload,
+            created_at,
+        });
     }
-    Ok(keys)
+    if problems.is_empty() {
+        Ok(recorded)
+    } else {
+        Err(StoreError::Rejected(problems))
+    }
 }
