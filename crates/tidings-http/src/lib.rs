@@ -29,6 +29,7 @@ use error::ApiError;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<Catalog>,
+    pub webhooks: tidings_webhooks::WebhookServices,
 }
 
 #[derive(OpenApi)]
@@ -37,6 +38,7 @@ pub struct AppState {
     modifiers(&BearerAuth),
     tags(
         (name = "events", description = "Immutable platform events"),
+        (name = "webhooks", description = "Subscriptions, signed deliveries, retries and replays"),
         (name = "operations", description = "Health and readiness"),
     )
 )]
@@ -60,6 +62,21 @@ pub fn public_router(state: AppState) -> Router {
         .routes(routes!(routes::events::list_events))
         .routes(routes!(routes::events::get_event))
         .routes(routes!(routes::event_types::list_event_types))
+        .routes(routes!(
+            routes::webhooks::create_webhook,
+            routes::webhooks::list_webhooks
+        ))
+        .routes(routes!(
+            routes::webhooks::get_webhook,
+            routes::webhooks::update_webhook,
+            routes::webhooks::delete_webhook
+        ))
+        .routes(routes!(routes::webhooks::get_secret))
+        .routes(routes!(routes::webhooks::rotate_secret))
+        .routes(routes!(routes::deliveries::list_deliveries))
+        .routes(routes!(routes::deliveries::retry_delivery))
+        .routes(routes!(routes::deliveries::replay))
+        .routes(routes!(routes::deliveries::send_test))
         .routes(routes!(routes::health::healthz))
         .routes(routes!(routes::health::readyz))
         .split_for_parts();

@@ -26,6 +26,9 @@ pub enum StoreError {
         "the database schema is at version {found}, newer than this build knows ({known}); upgrade Tidings"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    /// The request would touch more rows than allowed at once.
+    #[error("the request covers {found} items; at most {limit} are allowed at once")]
+    TooMany { found: usize, limit: usize },
     /// A write failed for a whole group commit; the message names the cause.
     #[error("the write could not be committed: {0}")]
     Write(String),

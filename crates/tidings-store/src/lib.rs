@@ -3,17 +3,28 @@
 //! argument, so the organization scope is enforced here and not only in handlers.
 
 pub mod clock;
+mod delivery_types;
 mod error;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use rand::Rng;
 use tidings_domain::keys::KEY_SECRET_PREFIX;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tidings_domain::ids::{DeliveryId, WebhookId};
+use tidings_domain::webhook::{Delivery, SigningSecret, Webhook};
 use tidings_domain::{
-    ApiKey, CursorKey, Event, EventFilter, EventId, KeyId, NewApiKey, NewEvent, Order, Tenant,
+    ApiKey, CursorKey, Event, EventFilter, EventId, KeyId, NewApiKey, NewEvent, Order, OrgId,
+    Tenant, TimeRange, WorkspaceId,
 };
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use delivery_types::{
+    AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport, NewWebhook,
+    WebhookUpdate,
+};
 pub use error::StoreError;
 pub use sqlite::SqliteStore;
 
@@ -65,6 +76,107 @@ pub trait Store: Send + Sync + 'static {
 
     /// The active (not revoked) key whose secret hashes to `secret_hash`.
     async fn authenticate(&self, secret_hash: [u8; 32]) -> Result<Option<ApiKey>, StoreError>;
+
+    /// The organization a workspace belongs to, if any event named it.
+    async fn workspace_org(&self, workspace: &WorkspaceId) -> Result<Option<OrgId>, StoreError>;
+
+    // --- Webhooks -------------------------------------------------------------------
+
+    /// Stores a new webhook (status `unverified`) with its first signing secret.
+    async fn create_webhook(
+        &self,
+        webhook: NewWebhook,
+        secret: SigningSecret,
+    ) -> Result<Webhook, StoreError>;
+
+    /// Webhooks within `tenant`, optionally of one organization, newest first.
+    async fn list_webhooks(
+        &self,
+        tenant: &Tenant,
+        organization_id: Option<&OrgId>,
+        page: PageRequest,
+    ) -> Result<Page<Webhook>, StoreError>;
+
+    async fn get_webhook(&self, tenant: &Tenant, id: WebhookId)
+    -> Result<Option<Webhook>, StoreError>;
+
+    async fn update_webhook(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+        update: WebhookUpdate,
+    ) -> Result<Option<Webhook>, StoreError>;
+
+    /// Deletes a webhook with its secrets, deliveries and attempts.
+    async fn delete_webhook(&self, tenant: &Tenant, id: WebhookId)
+    -> Result<Option<Webhook>, StoreError>;
+
+    /// The live signing secrets, newest first.
+    async fn webhook_secrets(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+    ) -> Result<Option<Vec<SigningSecret>>, StoreError>;
+
+    /// Makes `secret` the signing secret; the previous ones keep signing for `overlap`.
+    async fn rotate_webhook_secret(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+        secret: SigningSecret,
+        overlap: Duration,
+    ) -> Result<Option<Webhook>, StoreError>;
+
+    // --- Deliveries -----------------------------------------------------------------
+
+    /// Reads events not yet fanned out (up to `max_events`) and creates a delivery for every
+    /// active webhook that wants each of them.
+    async fn fan_out(&self, max_events: usize) -> Result<FanoutReport, StoreError>;
+
+    /// Leases due deliveries to a worker.
+    async fn claim_deliveries(&self, claim: ClaimRequest)
+    -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Records an attempt and applies its verdict.
+    async fn record_attempt(&self, report: AttemptReport) -> Result<(), StoreError>;
+
+    /// When the earliest pending delivery is due, if any.
+    async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// A webhook's deliveries with their attempts, newest first; `None` if no such webhook.
+    async fn list_deliveries(
+        &self,
+        tenant: &Tenant,
+        webhook: WebhookId,
+        filter: &DeliveryFilter,
+        page: PageRequest,
+    ) -> Result<Option<Page<Delivery>>, StoreError>;
+
+    /// Schedules an immediate manual attempt.
+    async fn retry_delivery(
+        &self,
+        tenant: &Tenant,
+        webhook: WebhookId,
+        delivery: DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError>;
+
+    /// Creates a delivery (trigger `replay`) for every event in `range` the webhook wants.
+    /// Refuses with `TooMany` beyond `limit` events.
+    async fn replay(
+        &self,
+        tenant: &Tenant,
+        webhook: WebhookId,
+        range: TimeRange,
+        limit: usize,
+    ) -> Result<Option<usize>, StoreError>;
+
+    /// Creates a test delivery leased to `owner`, for an attempt made right away.
+    async fn create_test_delivery(
+        &self,
+        tenant: &Tenant,
+        webhook: WebhookId,
+        owner: &str,
+    ) -> Result<Option<ClaimedDelivery>, StoreError>;
 
     /// The deployment's cursor-sealing key.
     fn cursor_key(&self) -> &CursorKey;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tidings::emit::{EmitSource, emit, event_from_flags};
 use tidings::server::{RunningServer, ServerConfig};
+use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{OrgId, Scope};
 use tidings_store::{SqliteStore, Store};
 
@@ -67,6 +68,14 @@ struct ServeArgs {
     /// Also run a simulated platform producing realistic events, and print a read key.
     #[arg(long)]
     demo: bool,
+    /// Let webhooks reach loopback and private addresses, over plain http too
+    /// (development and tests only).
+    #[arg(long, env = "TIDINGS_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
+    /// Delays between delivery attempts after a failure.
+    #[arg(long, env = "TIDINGS_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h",
+          value_parser = |s: &str| RetrySchedule::parse(s))]
+    webhook_retry_schedule: RetrySchedule,
 }
 
 #[derive(Subcommand)]
@@ -211,10 +220,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
-        listen: args.listen,
-        ingest_listen: args.ingest_listen,
-        data_dir: args.store.data_dir,
         event_types_file: args.event_types,
+        allow_private_webhooks: args.allow_private_webhooks,
+        retry_schedule: args.webhook_retry_schedule,
+        ..ServerConfig::new(&args.listen, &args.ingest_listen, args.store.data_dir)
     };
     let mut server = RunningServer::start(&config).await?;
     println!(

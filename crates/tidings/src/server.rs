@@ -7,9 +7,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use tidings_domain::{Catalog, EventTypeInfo};
 use tidings_http::AppState;
-use tidings_store::{SqliteStore, Store};
+use tidings_domain::webhook::RetrySchedule;
+use tidings_store::{Clock, SqliteStore, Store, SystemClock};
+use tidings_webhooks::{Dispatcher, DispatcherConfig, WebhookClient, WebhookServices};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 /// Everything `serve` needs to start.
@@ -20,6 +22,23 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// A JSON file with extra event types: `[{"name": "...", "description": "..."}]`.
     pub event_types_file: Option<PathBuf>,
+    /// Let webhooks reach loopback and private addresses over plain http (development).
+    pub allow_private_webhooks: bool,
+    pub retry_schedule: RetrySchedule,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the addresses and the data directory.
+    pub fn new(listen: &str, ingest_listen: &str, data_dir: PathBuf) -> Self {
+        Self {
+            listen: listen.into(),
+            ingest_listen: ingest_listen.into(),
+            data_dir,
+            event_types_file: None,
+            allow_private_webhooks: false,
+            retry_schedule: RetrySchedule::default(),
+        }
+    }
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -54,19 +73,36 @@ pub fn load_catalog(file: Option<&PathBuf>) -> anyhow::Result<Catalog> {
 impl RunningServer {
     /// Opens the embedded store in `config.data_dir` and starts serving.
     pub async fn start(config: &ServerConfig) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.data_dir)
+            SqliteStore::open_with_clock(&config.data_dir, Arc::clone(&clock))
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         );
-        Self::with_store(config, store).await
+        Self::with_store(config, store, clock).await
     }
 
     /// Starts serving on an already opened store (`config.data_dir` is then only reported).
-    pub async fn with_store(config: &ServerConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+    /// `clock` must be the store's.
+    pub async fn with_store(
+        config: &ServerConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let catalog = Arc::new(load_catalog(config.event_types_file.as_ref())?);
+        let webhooks = WebhookServices {
+            client: WebhookClient::new(config.allow_private_webhooks)
+                .context("building the webhook HTTP client")?,
+            schedule: config.retry_schedule.clone(),
+            clock: Arc::clone(&clock),
+            wake: Arc::new(Notify::new()),
+        };
+        if config.allow_private_webhooks {
+            tracing::warn!("--allow-private-webhooks: webhooks may reach private addresses over http");
+        }
         let state = AppState {
             store: Arc::clone(&store),
             catalog: Arc::clone(&catalog),
+            webhooks: webhooks.clone(),
         };
         let public = TcpListener::bind(&config.listen)
             .await
@@ -87,9 +123,24 @@ impl RunningServer {
                     .await
             })
         };
+        let dispatcher = Dispatcher::new(
+            Arc::clone(&store),
+            webhooks.client.clone(),
+            clock,
+            DispatcherConfig {
+                schedule: config.retry_schedule.clone(),
+                ..DispatcherConfig::default()
+            },
+            Arc::clone(&webhooks.wake),
+        );
+        let dispatcher_stop = stopped.clone();
         let tasks = vec![
             serve(public, tidings_http::public_router(state.clone())),
             serve(ingest, tidings_http::ingest_router(state)),
+            tokio::spawn(async move {
+                dispatcher.run(dispatcher_stop).await;
+                Ok(())
+            }),
         ];
         tracing::info!(%public_addr, %ingest_addr, data_dir = %config.data_dir.display(), "listening");
         Ok(Self {

@@ -65,6 +65,8 @@ pub async fn ingest_events(
     let count = events.len();
     let recorded = state.store.ingest(events).await?;
     tracing::debug!(count, "ingested");
+    // Durable now: let the dispatcher fan the events out to webhooks.
+    state.webhooks.wake.notify_one();
     Ok((StatusCode::CREATED, Json(IngestResponse { data: recorded })))
 }
 

@@ -5,9 +5,11 @@
 //! one fsync. `synchronous=FULL` makes a commit survive a power cut, and the 201 is sent only
 //! after it. Reads run on a small pool of their own connections, off the async runtime.
 
+mod deliveries;
 mod events;
 mod keys;
 mod schema;
+mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -16,13 +18,23 @@ use std::sync::{Arc, Mutex, mpsc};
 use async_trait::async_trait;
 use rand::RngCore;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tidings_domain::ids::{DeliveryId, WebhookId};
+use tidings_domain::webhook::{Delivery, SigningSecret, Webhook};
 use tidings_domain::{
-    ApiKey, CursorKey, Event, EventFilter, EventId, KeyId, NewApiKey, NewEvent, Tenant,
+    ApiKey, CursorKey, Event, EventFilter, EventId, KeyId, NewApiKey, NewEvent, OrgId, Tenant,
+    TimeRange, WorkspaceId,
 };
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Context, StoreError};
+use crate::delivery_types::{
+    AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport, NewWebhook,
+    WebhookUpdate,
+};
 use crate::{Page, PageRequest, Store};
 use writer::{Job, WriterCtx};
 
@@ -34,6 +46,7 @@ pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
     readers: Arc<ReadPool>,
     cursor_key: CursorKey,
+    clock: Arc<dyn Clock>,
     path: PathBuf,
 }
 
@@ -56,7 +69,10 @@ impl SqliteStore {
         let (writes, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("tidings-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx, clock))
+            .spawn({
+                let clock = Arc::clone(&clock);
+                move || writer::run(conn, rx, clock)
+            })
             .map_err(|source| StoreError::DataDir {
                 path: path.display().to_string(),
                 source,
@@ -68,6 +84,7 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             cursor_key,
+            clock,
             path,
         })
     }
@@ -228,6 +245,178 @@ impl Store for SqliteStore {
     async fn authenticate(&self, secret_hash: [u8; 32]) -> Result<Option<ApiKey>, StoreError> {
         self.read(move |conn| keys::active_key_by_hash(conn, &secret_hash))
             .await
+    }
+
+    async fn workspace_org(&self, workspace: &WorkspaceId) -> Result<Option<OrgId>, StoreError> {
+        let ws = workspace.as_str().to_string();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT org FROM workspaces WHERE workspace = ?1",
+                [ws],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .context("looking up a workspace")?
+            .map(|o| o.parse().map_err(|e| StoreError::Corrupt(format!("workspace org: {e}"))))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn create_webhook(
+        &self,
+        webhook: NewWebhook,
+        secret: SigningSecret,
+    ) -> Result<Webhook, StoreError> {
+        self.write(1, move |conn, ctx| webhooks::create(conn, ctx, webhook, secret))
+            .await
+    }
+
+    async fn list_webhooks(
+        &self,
+        tenant: &Tenant,
+        organization_id: Option<&OrgId>,
+        page: PageRequest,
+    ) -> Result<Page<Webhook>, StoreError> {
+        let (tenant, org) = (tenant.clone(), organization_id.cloned());
+        self.read(move |conn| webhooks::list(conn, &tenant, org.as_ref(), page))
+            .await
+    }
+
+    async fn get_webhook(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let tenant = tenant.clone();
+        self.read(move |conn| webhooks::find(conn, &tenant, id)).await
+    }
+
+    async fn update_webhook(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+        update: WebhookUpdate,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let tenant = tenant.clone();
+        self.write(1, move |conn, ctx| {
+            webhooks::update(conn, ctx, &tenant, id, update)
+        })
+        .await
+    }
+
+    async fn delete_webhook(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let tenant = tenant.clone();
+        self.write(1, move |conn, _| webhooks::delete(conn, &tenant, id))
+            .await
+    }
+
+    async fn webhook_secrets(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+    ) -> Result<Option<Vec<SigningSecret>>, StoreError> {
+        let tenant = tenant.clone();
+        let now = self.clock.now();
+        self.read(move |conn| match webhooks::find(conn, &tenant, id)? {
+            Some(_) => webhooks::live_secrets(conn, id.number, now).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+        secret: SigningSecret,
+        overlap: Duration,
+    ) -> Result<Option<Webhook>, StoreError> {
+        let tenant = tenant.clone();
+        self.write(1, move |conn, ctx| {
+            webhooks::rotate_secret(conn, ctx, &tenant, id, secret, overlap)
+        })
+        .await
+    }
+
+    async fn fan_out(&self, max_events: usize) -> Result<FanoutReport, StoreError> {
+        self.write(max_events, move |conn, ctx| {
+            deliveries::fan_out(conn, ctx, max_events)
+        })
+        .await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        claim: ClaimRequest,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.write(claim.limit, move |conn, ctx| deliveries::claim(conn, ctx, claim))
+            .await
+    }
+
+    async fn record_attempt(&self, report: AttemptReport) -> Result<(), StoreError> {
+        self.write(1, move |conn, ctx| deliveries::record_attempt(conn, ctx, report))
+            .await
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read(deliveries::next_due).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: &Tenant,
+        webhook: WebhookId,
+        filter: &DeliveryFilter,
+        page: PageRequest,
+    ) -> Result<Option<Page<Delivery>>, StoreError> {
+        let (tenant, filter) = (tenant.clone(), filter.clone());
+        self.read(move |conn| deliveries::list(conn, &tenant, webhook, &filter, page))
+            .await
+    }
+
+    async fn retry_delivery(
+        &self,
+        tenant: &Tenant,
+        webhook: WebhookId,
+        delivery: DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let tenant = tenant.clone();
+        self.write(1, move |conn, ctx| {
+            deliveries::retry(conn, ctx, &tenant, webhook, delivery)
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        tenant: &Tenant,
+        webhook: WebhookId,
+        range: TimeRange,
+        limit: usize,
+    ) -> Result<Option<usize>, StoreError> {
+        let tenant = tenant.clone();
+        self.write(limit, move |conn, ctx| {
+            deliveries::replay(conn, ctx, &tenant, webhook, range, limit)
+        })
+        .await
+    }
+
+    async fn create_test_delivery(
+        &self,
+        tenant: &Tenant,
+        webhook: WebhookId,
+        owner: &str,
+    ) -> Result<Option<ClaimedDelivery>, StoreError> {
+        let (tenant, owner) = (tenant.clone(), owner.to_string());
+        self.write(1, move |conn, ctx| {
+            deliveries::create_test(conn, ctx, &tenant, webhook, &owner)
+        })
+        .await
     }
 
     fn cursor_key(&self) -> &CursorKey {

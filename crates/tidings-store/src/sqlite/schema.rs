@@ -5,9 +5,10 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Context, StoreError};
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -61,7 +62,79 @@ CREATE TABLE api_keys (
     revoked_at  INTEGER
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Webhooks. event_types holds the patterns comma-separated. Fan-out gives a webhook only
+-- events numbered above start_after_seq (set when it becomes active).
+CREATE TABLE webhooks (
+    seq             INTEGER PRIMARY KEY,
+    org             TEXT NOT NULL,
+    workspace       TEXT,
+    url             TEXT NOT NULL,
+    event_types     TEXT NOT NULL,
+    description     TEXT,
+    status          TEXT NOT NULL,
+    disabled_reason TEXT,
+    start_after_seq INTEGER NOT NULL DEFAULT 0,
+    failing_since   INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX webhooks_org ON webhooks (org, seq);
+CREATE INDEX webhooks_active ON webhooks (status) WHERE status = 'active';
+
+-- Live signing secrets; a rotated-out one carries expires_at.
+CREATE TABLE webhook_secrets (
+    webhook_seq INTEGER NOT NULL REFERENCES webhooks (seq) ON DELETE CASCADE,
+    secret      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    PRIMARY KEY (webhook_seq, secret)
+) WITHOUT ROWID;
+
+-- Times in milliseconds where they schedule work (next_attempt_at, lease_until).
+CREATE TABLE deliveries (
+    seq              INTEGER PRIMARY KEY,
+    webhook_seq      INTEGER NOT NULL REFERENCES webhooks (seq) ON DELETE CASCADE,
+    event_seq        INTEGER,
+    event_year       INTEGER,
+    event_type       TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    attempt_count    INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER,
+    next_trigger     TEXT NOT NULL,
+    final_on_failure INTEGER NOT NULL DEFAULT 0,
+    lease_owner      TEXT,
+    lease_until      INTEGER,
+    created_at       INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_webhook ON deliveries (webhook_seq, seq);
+CREATE INDEX deliveries_created_at ON deliveries (created_at);
+
+CREATE TABLE attempts (
+    delivery_seq  INTEGER NOT NULL REFERENCES deliveries (seq) ON DELETE CASCADE,
+    number        INTEGER NOT NULL,
+    trigger       TEXT NOT NULL,
+    started_at    INTEGER NOT NULL,
+    duration_ms   INTEGER NOT NULL,
+    status_code   INTEGER,
+    error         TEXT,
+    response_body TEXT,
+    PRIMARY KEY (delivery_seq, number)
+) WITHOUT ROWID;
+
+-- How far fan-out has read the event log.
+CREATE TABLE fanout_cursor (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    last_event_seq INTEGER NOT NULL
+);
+INSERT INTO fanout_cursor (id, last_event_seq) SELECT 1, coalesce(max(seq), 0) FROM events;
+"#,
+    ),
+];
 
 /// Applies every migration newer than the database, each in its own transaction.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -87,11 +87,6 @@ impl WriterCtx<'_> {
         Ok(last + 1)
     }
 
-    /// The two-digit year that goes into IDs minted now.
-    pub fn year(&self) -> u8 {
-        two_digit_year(self.now)
-    }
-
     /// `created_at` for events recorded in this group.
     pub fn event_time(&mut self, conn: &Connection) -> Result<DateTime<Utc>, StoreError> {
         if let Some(t) = self.event_time {

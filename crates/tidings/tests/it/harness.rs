@@ -34,13 +34,8 @@ impl TestApp {
         let clock = Arc::new(ManualClock::new(start_time()));
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open_with_clock(dir.path(), clock.clone()).expect("open store"));
-        let config = ServerConfig {
-            listen: "127.0.0.1:0".into(),
-            ingest_listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().to_path_buf(),
-            event_types_file: None,
-        };
-        let server = RunningServer::with_store(&config, Arc::clone(&store))
+        let config = ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", dir.path().to_path_buf());
+        let server = RunningServer::with_store(&config, Arc::clone(&store), clock.clone())
             .await
             .expect("start server");
         let (_, ingest_key) = tidings::keys::create(

@@ -1,0 +1,737 @@
+//! Deliveries: fan-out from the event log, leases for workers, attempts, and the log the
+//! API shows.
+//!
+//! Fan-out reads the event log oldest-first from a persisted cursor, in the same
+//! transaction that creates the deliveries and advances the cursor, so every event is fanned
+//! out exactly once, also across crashes. (On SQLite one writer commits in event-number
+//! order, so the newest committed number is the high-water mark.)
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use tidings_domain::ids::{DeliveryId, WebhookId};
+use tidings_domain::webhook::{
+    Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants,
+};
+use tidings_domain::{EventId, Order, Tenant, TimeRange, TypePattern};
+
+use super::events::{EVENT_COLUMNS, corrupt, event_from_row, insert_events, timestamp};
+use super::webhooks::{find, live_secrets, parse_patterns, webhook_id};
+use super::writer::{WriterCtx, two_digit_year};
+use crate::delivery_types::{
+    AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
+};
+use crate::error::{Context, StoreError};
+use crate::{Page, PageRequest};
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt("timestamp", ms))
+}
+
+struct ActiveWebhook {
+    seq: i64,
+    id: String,
+    workspace: Option<String>,
+    patterns: Vec<TypePattern>,
+    start_after_seq: i64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_delivery(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    webhook_seq: i64,
+    event: Option<(i64, u8)>,
+    event_type: &str,
+    trigger: AttemptTrigger,
+    due: Option<DateTime<Utc>>,
+    lease_owner: Option<&str>,
+) -> Result<u64, StoreError> {
+    let seq = ctx.next_id(conn, "DLV")?;
+    conn.prepare_cached(
+        "INSERT INTO deliveries (seq, webhook_seq, event_seq, event_year, event_type, status,
+                                 next_attempt_at, next_trigger, lease_owner, lease_until, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?9, ?10)",
+    )
+    .context("preparing the delivery insert")?
+    .execute(params![
+        seq as i64,
+        webhook_seq,
+        event.map(|e| e.0),
+        event.map(|e| e.1),
+        event_type,
+        due.map(millis),
+        trigger.as_str(),
+        lease_owner,
+        lease_owner.map(|_| millis(ctx.now) + 60_000),
+        ctx.now.timestamp(),
+    ])
+    .context("inserting a delivery")?;
+    Ok(seq)
+}
+
+pub(crate) fn fan_out(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    max_events: usize,
+) -> Result<FanoutReport, StoreError> {
+    let cursor: i64 = conn
+        .query_row(
+            "SELECT last_event_seq FROM fanout_cursor WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .context("reading the fan-out cursor")?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, org, workspace, type, subject_type, subject_id, created_at FROM events
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .context("preparing the fan-out read")?;
+    type Row7 = (i64, String, Option<String>, String, String, String, i64);
+    let events: Vec<Row7> = stmt
+        .query_map(params![cursor, max_events as i64], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .context("reading events to fan out")?
+        .collect::<Result<_, _>>()
+        .context("reading an event to fan out")?;
+    let Some(last) = events.last().map(|e| e.0) else {
+        return Ok(FanoutReport::default());
+    };
+
+    let mut by_org: HashMap<String, Vec<ActiveWebhook>> = HashMap::new();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, org, workspace, event_types, start_after_seq, created_at FROM webhooks
+             WHERE status = 'active'",
+        )
+        .context("preparing the active webhook read")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .context("reading active webhooks")?;
+    for row in rows {
+        let (seq, org, workspace, types, start_after_seq, created_at) =
+            row.context("reading a webhook")?;
+        by_org.entry(org).or_default().push(ActiveWebhook {
+            seq,
+            id: webhook_id(seq, timestamp(created_at)?).to_string(),
+            workspace,
+            patterns: parse_patterns(&types)?,
+            start_after_seq,
+        });
+    }
+
+    let mut created = 0;
+    for (seq, org, workspace, event_type, subject_type, subject_id, created_at) in &events {
+        let Some(hooks) = by_org.get(org) else {
+            continue;
+        };
+        let routing = EventRouting {
+            organization_id: org,
+            workspace_id: workspace.as_deref(),
+            event_type,
+            subject_type,
+            subject_id,
+        };
+        for hook in hooks {
+            if *seq > hook.start_after_seq
+                && webhook_wants(
+                    &hook.id,
+                    org,
+                    hook.workspace.as_deref(),
+                    &hook.patterns,
+                    &routing,
+                )
+            {
+                let year = two_digit_year(timestamp(*created_at)?);
+                let now = ctx.now;
+                insert_delivery(
+                    conn,
+                    ctx,
+                    hook.seq,
+                    Some((*seq, year)),
+                    event_type,
+                    AttemptTrigger::Scheduled,
+                    Some(now),
+                    None,
+                )?;
+                created += 1;
+            }
+        }
+    }
+    conn.execute(
+        "UPDATE fanout_cursor SET last_event_seq = ?1 WHERE id = 1",
+        [last],
+    )
+    .context("advancing the fan-out cursor")?;
+    Ok(FanoutReport {
+        events_scanned: events.len(),
+        deliveries_created: created,
+    })
+}
+
+/// Everything a worker needs about delivery `seq`.
+fn claimed(
+    conn: &Connection,
+    seq: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<ClaimedDelivery>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT d.webhook_seq, w.org, w.url, w.created_at, d.event_seq, d.event_type,
+                    d.next_trigger, d.attempt_count, d.final_on_failure, w.failing_since,
+                    d.created_at
+             FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq WHERE d.seq = ?1",
+        )
+        .context("preparing the claimed delivery read")?
+        .query_row([seq], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, bool>(8)?,
+                r.get::<_, Option<i64>>(9)?,
+                r.get::<_, i64>(10)?,
+            ))
+        })
+        .optional()
+        .context("reading a claimed delivery")?;
+    let Some((
+        webhook_seq,
+        org,
+        url,
+        webhook_created,
+        event_seq,
+        event_type,
+        trigger,
+        attempt_count,
+        final_on_failure,
+        failing_since,
+        created_at,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let event = match event_seq {
+        Some(e) => conn
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+            ))
+            .context("preparing the event read")?
+            .query_row([e], event_from_row)
+            .optional()
+            .context("reading a delivery's event")?
+            .transpose()?,
+        None => None,
+    };
+    if event_seq.is_some() && event.is_none() {
+        // The event is gone (retention); there is nothing left to deliver.
+        return Ok(None);
+    }
+    let created_at = timestamp(created_at)?;
+    Ok(Some(ClaimedDelivery {
+        id: DeliveryId::new(two_digit_year(created_at), seq as u64),
+        webhook_id: webhook_id(webhook_seq, timestamp(webhook_created)?),
+        organization_id: org.parse().map_err(|e| corrupt("webhook org", e))?,
+        url,
+        secrets: live_secrets(conn, webhook_seq as u64, now)?,
+        event,
+        event_type,
+        trigger: trigger.parse().map_err(|e| corrupt("trigger", e))?,
+        attempt_number: attempt_count as u32 + 1,
+        final_on_failure,
+        failing_since: failing_since.map(timestamp).transpose()?,
+        created_at,
+    }))
+}
+
+pub(crate) fn claim(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    request: ClaimRequest,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let now = millis(ctx.now);
+    let args: Vec<Value> = vec![
+        Value::Integer(now),
+        Value::Integer((request.limit * 4).max(64) as i64),
+        Value::Integer(request.per_webhook as i64),
+        Value::Integer(request.limit as i64),
+    ];
+    // Endpoints with no slot left are skipped in the scan; the others get what they have left.
+    let saturated: Vec<String> = request
+        .busy
+        .iter()
+        .filter(|(_, n)| *n >= request.per_webhook)
+        .map(|(w, _)| w.number.to_string())
+        .collect();
+    let exclude = if saturated.is_empty() {
+        String::new()
+    } else {
+        format!("AND webhook_seq NOT IN ({})", saturated.join(", "))
+    };
+    let busy_values = if request.busy.is_empty() {
+        "SELECT NULL AS webhook_seq, 0 AS n WHERE 0".to_string()
+    } else {
+        let rows: Vec<String> = request
+            .busy
+            .iter()
+            .map(|(w, n)| format!("({}, {})", w.number, n))
+            .collect();
+        format!("VALUES {}", rows.join(", "))
+    };
+    // A bounded window of the most overdue deliveries, at most what each endpoint has left.
+    let sql = format!(
+        "WITH busy (webhook_seq, n) AS ({busy_values})
+         SELECT c.seq FROM (
+             SELECT seq, webhook_seq, next_attempt_at,
+                    row_number() OVER (PARTITION BY webhook_seq ORDER BY next_attempt_at, seq) AS rn
+             FROM (SELECT seq, webhook_seq, next_attempt_at FROM deliveries INDEXED BY deliveries_due
+                   WHERE status = 'pending' AND next_attempt_at <= ?1
+                     AND (lease_until IS NULL OR lease_until < ?1) {exclude}
+                   ORDER BY next_attempt_at LIMIT ?2)) c
+         LEFT JOIN busy b ON b.webhook_seq = c.webhook_seq
+         WHERE c.rn <= ?3 - coalesce(b.n, 0) ORDER BY c.next_attempt_at, c.seq LIMIT ?4"
+    );
+    let seqs: Vec<i64> = conn
+        .prepare_cached(&sql)
+        .context("preparing the claim")?
+        .query_map(params_from_iter(args.iter()), |r| r.get(0))
+        .context("finding due deliveries")?
+        .collect::<Result<_, _>>()
+        .context("reading due deliveries")?;
+    let until = now + request.lease.as_millis() as i64;
+    let mut lease = conn
+        .prepare_cached("UPDATE deliveries SET lease_owner = ?2, lease_until = ?3 WHERE seq = ?1")
+        .context("preparing the lease")?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        match claimed(conn, seq, ctx.now)? {
+            Some(c) => {
+                lease
+                    .execute(params![seq, request.owner, until])
+                    .context("leasing a delivery")?;
+                out.push(c);
+            }
+            None => {
+                conn.execute(
+                    "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL WHERE seq = ?1",
+                    [seq],
+                )
+                .context("closing an undeliverable delivery")?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn record_attempt(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    report: AttemptReport,
+) -> Result<(), StoreError> {
+    let seq = report.delivery_id.number as i64;
+    let lease: Option<Option<String>> = conn
+        .query_row(
+            "SELECT lease_owner FROM deliveries WHERE seq = ?1",
+            [seq],
+            |r| r.get(0),
+        )
+        .optional()
+        .context("reading a delivery lease")?;
+    let Some(lease_owner) = lease else {
+        // Deleted with its webhook while the attempt was in flight.
+        return Ok(());
+    };
+    let a = &report.attempt;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO attempts (delivery_seq, number, trigger, started_at, duration_ms,
+                               status_code, error, response_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .context("preparing the attempt insert")?
+    .execute(params![
+        seq,
+        a.attempt,
+        a.trigger.as_str(),
+        millis(a.started_at),
+        a.duration_ms as i64,
+        a.status_code,
+        a.error.map(|e| e.as_str()),
+        a.response_body,
+    ])
+    .context("recording an attempt")?;
+    if lease_owner.as_deref() != Some(report.owner.as_str()) {
+        // Another worker took this delivery over after our lease ran out; its own report
+        // decides the delivery's state.
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = ?2, attempt_count = ?3, next_attempt_at = ?4,
+                next_trigger = 'scheduled', final_on_failure = 0, lease_owner = NULL,
+                lease_until = NULL
+         WHERE seq = ?1",
+    )
+    .context("preparing the delivery update")?
+    .execute(params![
+        seq,
+        report.status.as_str(),
+        a.attempt,
+        report.next_attempt_at.map(millis),
+    ])
+    .context("updating a delivery")?;
+    let webhook = report.webhook_id.number as i64;
+    if a.succeeded() {
+        conn.execute(
+            "UPDATE webhooks SET failing_since = NULL WHERE seq = ?1 AND failing_since IS NOT NULL",
+            [webhook],
+        )
+        .context("clearing a webhook's failure streak")?;
+    } else if a.trigger != AttemptTrigger::Test {
+        conn.execute(
+            "UPDATE webhooks SET failing_since = ?2 WHERE seq = ?1 AND failing_since IS NULL",
+            params![webhook, a.started_at.timestamp()],
+        )
+        .context("starting a webhook's failure streak")?;
+    }
+    if let Some(reason) = &report.disable_webhook {
+        conn.execute(
+            "UPDATE webhooks SET status = 'disabled', disabled_reason = ?2, updated_at = ?3
+             WHERE seq = ?1",
+            params![webhook, reason, ctx.now.timestamp()],
+        )
+        .context("disabling a webhook")?;
+    }
+    if let Some(event) = report.event {
+        insert_events(conn, ctx, std::slice::from_ref(&event))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn next_due(conn: &Connection) -> Result<Option<DateTime<Utc>>, StoreError> {
+    conn.query_row(
+        "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries
+         WHERE status = 'pending' AND next_attempt_at IS NOT NULL",
+        [],
+        |r| r.get::<_, Option<i64>>(0),
+    )
+    .context("finding the next due delivery")?
+    .map(from_millis)
+    .transpose()
+}
+
+const DELIVERY_COLUMNS: &str =
+    "seq, webhook_seq, event_seq, event_year, event_type, status, next_attempt_at, created_at";
+
+fn delivery_from_row(
+    row: &Row<'_>,
+    webhook: WebhookId,
+) -> rusqlite::Result<Result<Delivery, StoreError>> {
+    let seq: i64 = row.get(0)?;
+    let event_seq: Option<i64> = row.get(2)?;
+    let event_year: Option<u8> = row.get(3)?;
+    let event_type: String = row.get(4)?;
+    let status: String = row.get(5)?;
+    let next_attempt_at: Option<i64> = row.get(6)?;
+    let created_at: i64 = row.get(7)?;
+    Ok((|| {
+        let created_at = timestamp(created_at)?;
+        Ok(Delivery {
+            id: DeliveryId::new(two_digit_year(created_at), seq as u64),
+            webhook_id: webhook,
+            event_id: event_seq
+                .zip(event_year)
+                .map(|(s, y)| EventId::new(y, s as u64)),
+            event_type,
+            status: status.parse().map_err(|e| corrupt("delivery status", e))?,
+            attempts: Vec::new(),
+            next_attempt_at: next_attempt_at.map(from_millis).transpose()?,
+            created_at,
+        })
+    })())
+}
+
+fn attach_attempts(conn: &Connection, deliveries: &mut [Delivery]) -> Result<(), StoreError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let marks: Vec<String> = (1..=deliveries.len()).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "SELECT delivery_seq, number, trigger, started_at, duration_ms, status_code, error,
+                response_body
+         FROM attempts WHERE delivery_seq IN ({}) ORDER BY delivery_seq, number",
+        marks.join(", ")
+    );
+    let seqs: Vec<i64> = deliveries.iter().map(|d| d.id.number as i64).collect();
+    let mut stmt = conn.prepare(&sql).context("preparing the attempt read")?;
+    let rows = stmt
+        .query_map(params_from_iter(seqs.iter()), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<u16>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+            ))
+        })
+        .context("reading attempts")?;
+    let mut by_seq: HashMap<i64, Vec<Attempt>> = HashMap::new();
+    for row in rows {
+        let (seq, number, trigger, started_at, duration_ms, status_code, error, body) =
+            row.context("reading an attempt")?;
+        by_seq.entry(seq).or_default().push(Attempt {
+            attempt: number,
+            trigger: trigger.parse().map_err(|e| corrupt("trigger", e))?,
+            started_at: from_millis(started_at)?,
+            duration_ms: duration_ms.max(0) as u64,
+            status_code,
+            error: error
+                .map(|e| e.parse())
+                .transpose()
+                .map_err(|e| corrupt("attempt error", e))?,
+            response_body: body,
+        });
+    }
+    for d in deliveries {
+        d.attempts = by_seq.remove(&(d.id.number as i64)).unwrap_or_default();
+    }
+    Ok(())
+}
+
+pub(crate) fn list(
+    conn: &Connection,
+    tenant: &Tenant,
+    webhook: WebhookId,
+    filter: &DeliveryFilter,
+    page: PageRequest,
+) -> Result<Option<Page<Delivery>>, StoreError> {
+    let Some(_) = find(conn, tenant, webhook)? else {
+        return Ok(None);
+    };
+    let mut conds = vec!["webhook_seq = ?1".to_string()];
+    let mut args: Vec<Value> = vec![Value::Integer(webhook.number as i64)];
+    let mut bind = |conds: &mut Vec<String>, sql: &str, v: Value| {
+        args.push(v);
+        conds.push(sql.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(s) = filter.status {
+        bind(&mut conds, "status = ?", Value::Text(s.as_str().into()));
+    }
+    if let Some(e) = filter.event_id {
+        bind(&mut conds, "event_seq = ?", Value::Integer(e.number as i64));
+        bind(&mut conds, "event_year = ?", Value::Integer(e.year as i64));
+    }
+    let (from, to) = filter.range.as_unix_seconds();
+    if let Some(from) = from {
+        bind(&mut conds, "created_at >= ?", Value::Integer(from));
+    }
+    if let Some(to) = to {
+        bind(&mut conds, "created_at < ?", Value::Integer(to));
+    }
+    let (dir, cmp) = match page.order {
+        Order::Desc => ("DESC", "seq < ?"),
+        Order::Asc => ("ASC", "seq > ?"),
+    };
+    if let Some(after) = page.after {
+        bind(&mut conds, cmp, Value::Integer(after as i64));
+    }
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries INDEXED BY deliveries_webhook
+         WHERE {} ORDER BY seq {dir} LIMIT {}",
+        conds.join(" AND "),
+        page.limit + 1
+    );
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .context("preparing the delivery list")?;
+    let rows = stmt
+        .query_map(params_from_iter(args.iter()), |r| {
+            delivery_from_row(r, webhook)
+        })
+        .context("listing deliveries")?;
+    let mut items = Vec::new();
+    for row in rows {
+        items.push(row.context("reading a delivery row")??);
+    }
+    let has_more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    attach_attempts(conn, &mut items)?;
+    Ok(Some(Page { items, has_more }))
+}
+
+fn get(
+    conn: &Connection,
+    webhook: WebhookId,
+    delivery: DeliveryId,
+) -> Result<Option<Delivery>, StoreError> {
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE seq = ?1 AND webhook_seq = ?2"
+        ))
+        .context("preparing a delivery lookup")?
+        .query_row(
+            params![delivery.number as i64, webhook.number as i64],
+            |r| delivery_from_row(r, webhook),
+        )
+        .optional()
+        .context("looking up a delivery")?
+        .transpose()?
+        .filter(|d| d.id == delivery);
+    let mut found: Vec<Delivery> = found.into_iter().collect();
+    attach_attempts(conn, &mut found)?;
+    Ok(found.pop())
+}
+
+pub(crate) fn retry(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    tenant: &Tenant,
+    webhook: WebhookId,
+    delivery: DeliveryId,
+) -> Result<Option<Delivery>, StoreError> {
+    if find(conn, tenant, webhook)?.is_none() || get(conn, webhook, delivery)?.is_none() {
+        return Ok(None);
+    }
+    conn.execute(
+        "UPDATE deliveries SET final_on_failure = (status != 'pending'), status = 'pending',
+                next_attempt_at = ?2, next_trigger = 'manual'
+         WHERE seq = ?1",
+        params![delivery.number as i64, millis(ctx.now)],
+    )
+    .context("scheduling a manual retry")?;
+    get(conn, webhook, delivery)
+}
+
+pub(crate) fn replay(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    tenant: &Tenant,
+    webhook: WebhookId,
+    range: TimeRange,
+    limit: usize,
+) -> Result<Option<usize>, StoreError> {
+    let Some(hook) = find(conn, tenant, webhook)? else {
+        return Ok(None);
+    };
+    let (from, to) = range.as_unix_seconds();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, workspace, type, subject_type, subject_id, created_at FROM events
+             INDEXED BY events_org
+             WHERE org = ?1 AND created_at >= ?2 AND created_at < ?3 ORDER BY seq",
+        )
+        .context("preparing the replay read")?;
+    let org = hook.organization_id.as_str().to_string();
+    type Row6 = (i64, Option<String>, String, String, String, i64);
+    let rows: Vec<Row6> = stmt
+        .query_map(
+            params![org, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .context("reading events to replay")?
+        .collect::<Result<_, _>>()
+        .context("reading an event to replay")?;
+    let id = hook.id.to_string();
+    let wanted: Vec<&Row6> = rows
+        .iter()
+        .filter(|(_, ws, t, st, sid, _)| {
+            webhook_wants(
+                &id,
+                &org,
+                hook.workspace_id.as_ref().map(|w| w.as_str()),
+                &hook.event_types,
+                &EventRouting {
+                    organization_id: &org,
+                    workspace_id: ws.as_deref(),
+                    event_type: t,
+                    subject_type: st,
+                    subject_id: sid,
+                },
+            )
+        })
+        .collect();
+    if wanted.len() > limit {
+        return Err(StoreError::TooMany {
+            found: wanted.len(),
+            limit,
+        });
+    }
+    let now = ctx.now;
+    for (seq, _, event_type, _, _, created_at) in &wanted {
+        let year = two_digit_year(timestamp(*created_at)?);
+        insert_delivery(
+            conn,
+            ctx,
+            webhook.number as i64,
+            Some((*seq, year)),
+            event_type,
+            AttemptTrigger::Replay,
+            Some(now),
+            None,
+        )?;
+    }
+    Ok(Some(wanted.len()))
+}
+
+pub(crate) fn create_test(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    tenant: &Tenant,
+    webhook: WebhookId,
+    owner: &str,
+) -> Result<Option<ClaimedDelivery>, StoreError> {
+    if find(conn, tenant, webhook)?.is_none() {
+        return Ok(None);
+    }
+    let seq = insert_delivery(
+        conn,
+        ctx,
+        webhook.number as i64,
+        None,
+        "webhook.test",
+        AttemptTrigger::Test,
+        None,
+        Some(owner),
+    )?;
+    claimed(conn, seq as i64, ctx.now)
+}

@@ -1,0 +1,297 @@
+//! Webhooks and their signing secrets.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use tidings_domain::ids::WebhookId;
+use tidings_domain::webhook::{SigningSecret, Webhook};
+use tidings_domain::{OrgId, Tenant, TypePattern};
+
+use super::events::{corrupt, timestamp};
+use super::writer::{WriterCtx, two_digit_year};
+use crate::delivery_types::{NewWebhook, WebhookUpdate};
+use crate::error::{Context, StoreError};
+use crate::{Page, PageRequest};
+
+pub(crate) const WEBHOOK_COLUMNS: &str = "seq, org, workspace, url, event_types, description, status, disabled_reason, created_at, updated_at";
+
+pub(crate) fn parse_patterns(s: &str) -> Result<Vec<TypePattern>, StoreError> {
+    s.split(',')
+        .map(|p| TypePattern::parse(p).map_err(|e| corrupt("webhook event types", e)))
+        .collect()
+}
+
+pub(crate) fn join_patterns(p: &[TypePattern]) -> String {
+    p.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+pub(crate) fn webhook_id(seq: i64, created_at: DateTime<Utc>) -> WebhookId {
+    WebhookId::new(two_digit_year(created_at), seq as u64)
+}
+
+fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Webhook, StoreError>> {
+    let seq: i64 = row.get(0)?;
+    let org: String = row.get(1)?;
+    let workspace: Option<String> = row.get(2)?;
+    let url: String = row.get(3)?;
+    let event_types: String = row.get(4)?;
+    let description: Option<String> = row.get(5)?;
+    let status: String = row.get(6)?;
+    let disabled_reason: Option<String> = row.get(7)?;
+    let created_at: i64 = row.get(8)?;
+    let updated_at: i64 = row.get(9)?;
+    Ok((|| {
+        let created_at = timestamp(created_at)?;
+        Ok(Webhook {
+            id: webhook_id(seq, created_at),
+            organization_id: org.parse().map_err(|e| corrupt("webhook org", e))?,
+            workspace_id: workspace
+                .map(|w| w.parse())
+                .transpose()
+                .map_err(|e| corrupt("webhook workspace", e))?,
+            url,
+            event_types: parse_patterns(&event_types)?,
+            description,
+            status: status.parse().map_err(|e| corrupt("webhook status", e))?,
+            disabled_reason,
+            created_at,
+            updated_at: timestamp(updated_at)?,
+        })
+    })())
+}
+
+/// The webhook `id`, if it exists within `tenant`. Every webhook query starts here, so a
+/// webhook of another organization is indistinguishable from one that does not exist.
+pub(crate) fn find(
+    conn: &Connection,
+    tenant: &Tenant,
+    id: WebhookId,
+) -> Result<Option<Webhook>, StoreError> {
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE seq = ?1"
+        ))
+        .context("preparing a webhook lookup")?
+        .query_row([id.number as i64], webhook_from_row)
+        .optional()
+        .context("looking up a webhook")?
+        .transpose()?;
+    Ok(found.filter(|w| {
+        w.id == id
+            && match tenant {
+                Tenant::Org(org) => w.organization_id == *org,
+                Tenant::Platform => true,
+            }
+    }))
+}
+
+pub(crate) fn create(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    new: NewWebhook,
+    secret: SigningSecret,
+) -> Result<Webhook, StoreError> {
+    let seq = ctx.next_id(conn, "WHK")?;
+    let now = ctx.now.timestamp();
+    conn.execute(
+        "INSERT INTO webhooks (seq, org, workspace, url, event_types, description, status,
+                               created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'unverified', ?7, ?7)",
+        params![
+            seq as i64,
+            new.organization_id.as_str(),
+            new.workspace_id.as_ref().map(|w| w.as_str()),
+            new.url,
+            join_patterns(&new.event_types),
+            new.description,
+            now,
+        ],
+    )
+    .context("inserting a webhook")?;
+    conn.execute(
+        "INSERT INTO webhook_secrets (webhook_seq, secret, created_at) VALUES (?1, ?2, ?3)",
+        params![seq as i64, secret.as_str(), now],
+    )
+    .context("inserting a webhook secret")?;
+    find(conn, &Tenant::Platform, webhook_id(seq as i64, ctx.now))?
+        .ok_or_else(|| StoreError::Corrupt("a webhook vanished right after insert".into()))
+}
+
+pub(crate) fn list(
+    conn: &Connection,
+    tenant: &Tenant,
+    organization_id: Option<&OrgId>,
+    page: PageRequest,
+) -> Result<Page<Webhook>, StoreError> {
+    let org = match (tenant, organization_id) {
+        (Tenant::Org(mine), Some(asked)) if mine != asked => {
+            return Ok(Page {
+                items: Vec::new(),
+                has_more: false,
+            });
+        }
+        (Tenant::Org(mine), _) => Some(mine.as_str().to_string()),
+        (Tenant::Platform, asked) => asked.map(|o| o.as_str().to_string()),
+    };
+    let mut conds = vec!["1".to_string()];
+    let mut args: Vec<Value> = Vec::new();
+    if let Some(org) = org {
+        args.push(Value::Text(org));
+        conds.push(format!("org = ?{}", args.len()));
+    }
+    let (dir, cmp) = match page.order {
+        tidings_domain::Order::Desc => ("DESC", "<"),
+        tidings_domain::Order::Asc => ("ASC", ">"),
+    };
+    if let Some(after) = page.after {
+        args.push(Value::Integer(after as i64));
+        conds.push(format!("seq {cmp} ?{}", args.len()));
+    }
+    let sql = format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE {} ORDER BY seq {dir} LIMIT {}",
+        conds.join(" AND "),
+        page.limit + 1
+    );
+    let mut stmt = conn.prepare_cached(&sql).context("preparing the webhook list")?;
+    let rows = stmt
+        .query_map(params_from_iter(args.iter()), webhook_from_row)
+        .context("listing webhooks")?;
+    let mut items = Vec::new();
+    for row in rows {
+        items.push(row.context("reading a webhook row")??);
+    }
+    let has_more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    Ok(Page { items, has_more })
+}
+
+pub(crate) fn update(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    tenant: &Tenant,
+    id: WebhookId,
+    update: WebhookUpdate,
+) -> Result<Option<Webhook>, StoreError> {
+    let Some(_) = find(conn, tenant, id)? else {
+        return Ok(None);
+    };
+    let seq = id.number as i64;
+    let now = ctx.now.timestamp();
+    if let Some(url) = &update.url {
+        conn.execute(
+            "UPDATE webhooks SET url = ?2 WHERE seq = ?1",
+            params![seq, url],
+        )
+        .context("updating a webhook url")?;
+    }
+    if let Some(types) = &update.event_types {
+        conn.execute(
+            "UPDATE webhooks SET event_types = ?2 WHERE seq = ?1",
+            params![seq, join_patterns(types)],
+        )
+        .context("updating webhook event types")?;
+    }
+    if let Some(description) = &update.description {
+        conn.execute(
+            "UPDATE webhooks SET description = ?2 WHERE seq = ?1",
+            params![seq, description],
+        )
+        .context("updating a webhook description")?;
+    }
+    if let Some((status, reason)) = &update.status {
+        // Becoming active: deliver what is recorded from now on, not the backlog.
+        conn.execute(
+            "UPDATE webhooks SET status = ?2, disabled_reason = ?3, failing_since = NULL,
+                 start_after_seq = CASE WHEN ?2 = 'active' AND status != 'active'
+                     THEN (SELECT coalesce(max(seq), 0) FROM events) ELSE start_after_seq END
+             WHERE seq = ?1",
+            params![seq, status.as_str(), reason],
+        )
+        .context("updating a webhook status")?;
+    }
+    conn.execute(
+        "UPDATE webhooks SET updated_at = ?2 WHERE seq = ?1",
+        params![seq, now],
+    )
+    .context("touching a webhook")?;
+    find(conn, tenant, id)
+}
+
+pub(crate) fn delete(
+    conn: &Connection,
+    tenant: &Tenant,
+    id: WebhookId,
+) -> Result<Option<Webhook>, StoreError> {
+    let Some(found) = find(conn, tenant, id)? else {
+        return Ok(None);
+    };
+    conn.execute("DELETE FROM webhooks WHERE seq = ?1", [id.number as i64])
+        .context("deleting a webhook")?;
+    Ok(Some(found))
+}
+
+/// Live secrets of webhook `seq`, newest first.
+pub(crate) fn live_secrets(
+    conn: &Connection,
+    seq: u64,
+    now: DateTime<Utc>,
+) -> Result<Vec<SigningSecret>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT secret FROM webhook_secrets
+             WHERE webhook_seq = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+             ORDER BY expires_at IS NULL DESC, created_at DESC",
+        )
+        .context("preparing the secret lookup")?;
+    let rows = stmt
+        .query_map(params![seq as i64, now.timestamp()], |r| {
+            r.get::<_, String>(0)
+        })
+        .context("reading webhook secrets")?;
+    let mut out = Vec::new();
+    for row in rows {
+        let s = row.context("reading a secret")?;
+        out.push(SigningSecret::parse(&s).map_err(|e| corrupt("webhook secret", e))?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn rotate_secret(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    tenant: &Tenant,
+    id: WebhookId,
+    secret: SigningSecret,
+    overlap: Duration,
+) -> Result<Option<Webhook>, StoreError> {
+    let Some(found) = find(conn, tenant, id)? else {
+        return Ok(None);
+    };
+    let now = ctx.now.timestamp();
+    let expires = now + overlap.as_secs() as i64;
+    // The current secret signs on for `overlap`; older ones keep their earlier expiry.
+    conn.execute(
+        "UPDATE webhook_secrets SET expires_at = ?2
+         WHERE webhook_seq = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+        params![id.number as i64, expires],
+    )
+    .context("expiring the old secret")?;
+    conn.execute(
+        "DELETE FROM webhook_secrets WHERE webhook_seq = ?1 AND expires_at <= ?2",
+        params![id.number as i64, now],
+    )
+    .context("dropping expired secrets")?;
+    conn.execute(
+        "INSERT INTO webhook_secrets (webhook_seq, secret, created_at) VALUES (?1, ?2, ?3)",
+        params![id.number as i64, secret.as_str(), now],
+    )
+    .context("inserting the new secret")?;
+    conn.execute(
+        "UPDATE webhooks SET updated_at = ?2 WHERE seq = ?1",
+        params![id.number as i64, now],
+    )
+    .context("touching a webhook")?;
+    Ok(Some(found))
+}
