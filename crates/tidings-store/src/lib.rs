@@ -9,8 +9,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use rand::Rng;
-use tidings_domain::keys::KEY_SECRET_PREFIX;
 use std::time::Duration;
+use tidings_domain::keys::KEY_SECRET_PREFIX;
 
 use chrono::{DateTime, Utc};
 use tidings_domain::ids::{DeliveryId, WebhookId};
@@ -97,8 +97,11 @@ pub trait Store: Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Page<Webhook>, StoreError>;
 
-    async fn get_webhook(&self, tenant: &Tenant, id: WebhookId)
-    -> Result<Option<Webhook>, StoreError>;
+    async fn get_webhook(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+    ) -> Result<Option<Webhook>, StoreError>;
 
     async fn update_webhook(
         &self,
@@ -108,8 +111,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Webhook>, StoreError>;
 
     /// Deletes a webhook with its secrets, deliveries and attempts.
-    async fn delete_webhook(&self, tenant: &Tenant, id: WebhookId)
-    -> Result<Option<Webhook>, StoreError>;
+    async fn delete_webhook(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+    ) -> Result<Option<Webhook>, StoreError>;
 
     /// The live signing secrets, newest first.
     async fn webhook_secrets(
@@ -134,8 +140,10 @@ pub trait Store: Send + Sync + 'static {
     async fn fan_out(&self, max_events: usize) -> Result<FanoutReport, StoreError>;
 
     /// Leases due deliveries to a worker.
-    async fn claim_deliveries(&self, claim: ClaimRequest)
-    -> Result<Vec<ClaimedDelivery>, StoreError>;
+    async fn claim_deliveries(
+        &self,
+        claim: ClaimRequest,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
     /// Records an attempt and applies its verdict.
     async fn record_attempt(&self, report: AttemptReport) -> Result<(), StoreError>;

@@ -78,11 +78,7 @@ impl Dispatcher {
         config: DispatcherConfig,
         wake: Arc<Notify>,
     ) -> Self {
-        let owner = format!(
-            "{}-{:08x}",
-            std::process::id(),
-            rand::rng().random::<u32>()
-        );
+        let owner = format!("{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
         Self {
             store,
             client,

@@ -100,7 +100,9 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<Url, GuardError> {
         return Err(GuardError::InvalidUrl("url has no host".into()));
     }
     if parsed.fragment().is_some() {
-        return Err(GuardError::InvalidUrl("url must not have a #fragment".into()));
+        return Err(GuardError::InvalidUrl(
+            "url must not have a #fragment".into(),
+        ));
     }
     Ok(parsed)
 }
@@ -170,7 +172,12 @@ mod tests {
         ] {
             assert!(is_blocked(ip.parse().unwrap()), "{ip} must be blocked");
         }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "8.8.8.8",
+        ] {
             assert!(!is_blocked(ip.parse().unwrap()), "{ip} is public");
         }
     }

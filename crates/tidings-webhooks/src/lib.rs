@@ -13,9 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::json;
-use tidings_domain::webhook::{
-    Attempt, RetrySchedule, SigningSecret, judge_attempt,
-};
+use tidings_domain::webhook::{Attempt, RetrySchedule, SigningSecret, judge_attempt};
 use tidings_domain::{Actor, ActorType, EventType, NewEvent, OrgId, Subject, Token};
 use tidings_store::{AttemptReport, ClaimedDelivery, Clock, Store, StoreError};
 

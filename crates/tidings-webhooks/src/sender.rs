@@ -111,7 +111,14 @@ impl WebhookClient {
                 headers.insert(name, v);
             }
         }
-        let response = match self.http.post(parsed).headers(headers).body(body).send().await {
+        let response = match self
+            .http
+            .post(parsed)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+        {
             Ok(r) => r,
             Err(e) => return failed(classify(&e)),
         };

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{Catalog, EventTypeInfo};
 use tidings_http::AppState;
-use tidings_domain::webhook::RetrySchedule;
 use tidings_store::{Clock, SqliteStore, Store, SystemClock};
 use tidings_webhooks::{Dispatcher, DispatcherConfig, WebhookClient, WebhookServices};
 use tokio::net::TcpListener;
@@ -97,7 +97,9 @@ impl RunningServer {
             wake: Arc::new(Notify::new()),
         };
         if config.allow_private_webhooks {
-            tracing::warn!("--allow-private-webhooks: webhooks may reach private addresses over http");
+            tracing::warn!(
+                "--allow-private-webhooks: webhooks may reach private addresses over http"
+            );
         }
         let state = AppState {
             store: Arc::clone(&store),

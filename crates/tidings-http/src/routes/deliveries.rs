@@ -45,9 +45,7 @@ pub async fn list_deliveries(
     let webhook = parse_webhook_id(&id)?;
     let mut params = Params::new(query_pairs(query.as_deref()))?;
     let status = params.take_parsed("status", |v| v.parse::<DeliveryStatus>())?;
-    let event_id = params.take_parsed("event_id", |v| {
-        v.parse::<EventId>().map_err(|e| e.0)
-    })?;
+    let event_id = params.take_parsed("event_id", |v| v.parse::<EventId>().map_err(|e| e.0))?;
     let range = params.take_time_range()?;
     let page = params.take_page()?;
     params.finish(DELIVERY_LIST_PARAMS)?;
@@ -99,7 +97,9 @@ pub async fn retry_delivery(
         .store
         .retry_delivery(&key.tenant(), webhook, delivery)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no delivery {delivery} for webhook {webhook}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no delivery {delivery} for webhook {webhook}"))
+        })?;
     state.webhooks.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(scheduled)))
 }
@@ -146,11 +146,10 @@ pub async fn replay(
     if let (Some(f), Some(t)) = (range.from, range.to)
         && f > t
     {
-        return Err(ApiError::bad_request(
-            "parameter_invalid",
-            "from must not be later than to",
-        )
-        .with_param("from"));
+        return Err(
+            ApiError::bad_request("parameter_invalid", "from must not be later than to")
+                .with_param("from"),
+        );
     }
     let replayed = match state
         .store

@@ -64,7 +64,9 @@ pub struct UpdateWebhook {
 }
 
 /// Tells a field sent as `null` (Some(None)) from a field left out (None).
-fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn explicit_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
@@ -82,9 +84,8 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
             "the request needs a JSON body",
         ));
     }
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("body_invalid", format!("the body is not valid: {e}"))
-    })
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("body_invalid", format!("the body is not valid: {e}")))
 }
 
 pub(crate) fn parse_webhook_id(id: &str) -> Result<WebhookId, ApiError> {
@@ -98,7 +99,8 @@ pub(crate) fn webhook_not_found(id: WebhookId) -> ApiError {
 }
 
 fn parse_event_types(state: &AppState, types: &[String]) -> Result<Vec<TypePattern>, ApiError> {
-    let invalid = |m: String| ApiError::bad_request("parameter_invalid", m).with_param("event_types");
+    let invalid =
+        |m: String| ApiError::bad_request("parameter_invalid", m).with_param("event_types");
     if types.is_empty() || types.len() > MAX_EVENT_TYPES {
         return Err(invalid(format!(
             "event_types needs 1–{MAX_EVENT_TYPES} entries (use [\"*\"] for every type)"
@@ -132,7 +134,9 @@ async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
 }
 
 fn check_description(d: &Option<String>) -> Result<(), ApiError> {
-    if d.as_ref().is_some_and(|d| d.chars().count() > MAX_DESCRIPTION) {
+    if d.as_ref()
+        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
+    {
         return Err(ApiError::bad_request(
             "parameter_invalid",
             format!("description must be at most {MAX_DESCRIPTION} characters"),
@@ -160,7 +164,11 @@ async fn verify_and_activate(state: &AppState, webhook: Webhook) -> Result<Webho
     let Some(secret) = secrets.first() else {
         return Err(ApiError::internal(&"a webhook without a signing secret"));
     };
-    let msg_id = format!("{}-verification-{}", webhook.id, state.webhooks.clock.now().timestamp());
+    let msg_id = format!(
+        "{}-verification-{}",
+        webhook.id,
+        state.webhooks.clock.now().timestamp()
+    );
     let verdict = tidings_webhooks::verify_endpoint(
         &state.webhooks.client,
         &webhook.url,
@@ -304,9 +312,7 @@ pub async fn list_webhooks(
 ) -> Result<Json<ListResponse<Webhook>>, ApiError> {
     key.require(Scope::WebhooksRead)?;
     let mut params = Params::new(query_pairs(query.as_deref()))?;
-    let org = params.take_parsed("organization_id", |v| {
-        v.parse::<OrgId>().map_err(|e| e.0)
-    })?;
+    let org = params.take_parsed("organization_id", |v| v.parse::<OrgId>().map_err(|e| e.0))?;
     let page = params.take_page()?;
     params.finish(&["organization_id", "cursor", "limit", "order"])?;
     if org.is_none() && key.is_platform() {
@@ -318,7 +324,13 @@ pub async fn list_webhooks(
     }
     let tenant = key.tenant_for_list(org.as_ref())?;
     let filters = format!("org={}", org.as_ref().map(OrgId::as_str).unwrap_or(""));
-    let paginator = Paginator::new(state.store.cursor_key(), "webhooks", &tenant, &filters, &page);
+    let paginator = Paginator::new(
+        state.store.cursor_key(),
+        "webhooks",
+        &tenant,
+        &filters,
+        &page,
+    );
     let found = state
         .store
         .list_webhooks(&tenant, org.as_ref(), paginator.request()?)
@@ -403,8 +415,7 @@ pub async fn update_webhook(
         .await?
         .ok_or_else(|| webhook_not_found(id))?;
     let reverify = req.enabled != Some(false)
-        && (url_changed
-            || (req.enabled == Some(true) && current.status != WebhookStatus::Active));
+        && (url_changed || (req.enabled == Some(true) && current.status != WebhookStatus::Active));
     if reverify {
         return verify_and_activate(&state, updated).await.map(Json);
     }

@@ -12,9 +12,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tidings_domain::ids::{DeliveryId, WebhookId};
-use tidings_domain::webhook::{
-    Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants,
-};
+use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
 use tidings_domain::{EventId, Order, Tenant, TimeRange, TypePattern};
 
 use super::events::{EVENT_COLUMNS, corrupt, event_from_row, insert_events, timestamp};

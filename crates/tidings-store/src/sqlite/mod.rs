@@ -30,11 +30,11 @@ use tidings_domain::{
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, SystemClock};
-use crate::error::{Context, StoreError};
 use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport, NewWebhook,
     WebhookUpdate,
 };
+use crate::error::{Context, StoreError};
 use crate::{Page, PageRequest, Store};
 use writer::{Job, WriterCtx};
 
@@ -257,7 +257,10 @@ impl Store for SqliteStore {
             )
             .optional()
             .context("looking up a workspace")?
-            .map(|o| o.parse().map_err(|e| StoreError::Corrupt(format!("workspace org: {e}"))))
+            .map(|o| {
+                o.parse()
+                    .map_err(|e| StoreError::Corrupt(format!("workspace org: {e}")))
+            })
             .transpose()
         })
         .await
@@ -268,8 +271,10 @@ impl Store for SqliteStore {
         webhook: NewWebhook,
         secret: SigningSecret,
     ) -> Result<Webhook, StoreError> {
-        self.write(1, move |conn, ctx| webhooks::create(conn, ctx, webhook, secret))
-            .await
+        self.write(1, move |conn, ctx| {
+            webhooks::create(conn, ctx, webhook, secret)
+        })
+        .await
     }
 
     async fn list_webhooks(
@@ -289,7 +294,8 @@ impl Store for SqliteStore {
         id: WebhookId,
     ) -> Result<Option<Webhook>, StoreError> {
         let tenant = tenant.clone();
-        self.read(move |conn| webhooks::find(conn, &tenant, id)).await
+        self.read(move |conn| webhooks::find(conn, &tenant, id))
+            .await
     }
 
     async fn update_webhook(
@@ -354,13 +360,17 @@ impl Store for SqliteStore {
         &self,
         claim: ClaimRequest,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.write(claim.limit, move |conn, ctx| deliveries::claim(conn, ctx, claim))
-            .await
+        self.write(claim.limit, move |conn, ctx| {
+            deliveries::claim(conn, ctx, claim)
+        })
+        .await
     }
 
     async fn record_attempt(&self, report: AttemptReport) -> Result<(), StoreError> {
-        self.write(1, move |conn, ctx| deliveries::record_attempt(conn, ctx, report))
-            .await
+        self.write(1, move |conn, ctx| {
+            deliveries::record_attempt(conn, ctx, report)
+        })
+        .await
     }
 
     async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

@@ -24,7 +24,10 @@ pub(crate) fn parse_patterns(s: &str) -> Result<Vec<TypePattern>, StoreError> {
 }
 
 pub(crate) fn join_patterns(p: &[TypePattern]) -> String {
-    p.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    p.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub(crate) fn webhook_id(seq: i64, created_at: DateTime<Utc>) -> WebhookId {
@@ -154,7 +157,9 @@ pub(crate) fn list(
         conds.join(" AND "),
         page.limit + 1
     );
-    let mut stmt = conn.prepare_cached(&sql).context("preparing the webhook list")?;
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .context("preparing the webhook list")?;
     let rows = stmt
         .query_map(params_from_iter(args.iter()), webhook_from_row)
         .context("listing webhooks")?;

@@ -7,8 +7,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tidings::server::{RunningServer, ServerConfig};
+use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{OrgId, Scope};
-use tidings_store::{ManualClock, SqliteStore, Store};
+use tidings_store::{Clock, ManualClock, SqliteStore, Store, SystemClock};
 
 pub struct TestApp {
     pub public: String,
@@ -28,14 +29,57 @@ pub fn start_time() -> DateTime<Utc> {
         .expect("valid date")
 }
 
+/// How a test server differs from the defaults.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The wall clock instead of the manual one (webhook tests need real time to pass).
+    pub real_clock: bool,
+    pub allow_private_webhooks: bool,
+    pub retry_schedule: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            real_clock: false,
+            allow_private_webhooks: false,
+            retry_schedule: "5s,5m,30m,2h,5h,10h,10h",
+        }
+    }
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    /// For webhook tests: real clock, local receivers allowed, a fast retry schedule.
+    pub async fn spawn_for_webhooks(retry_schedule: &'static str) -> Self {
+        Self::spawn_with(Options {
+            real_clock: true,
+            allow_private_webhooks: true,
+            retry_schedule,
+        })
+        .await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(start_time()));
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open_with_clock(dir.path(), clock.clone()).expect("open store"));
-        let config = ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", dir.path().to_path_buf());
-        let server = RunningServer::with_store(&config, Arc::clone(&store), clock.clone())
+        let store_clock: Arc<dyn Clock> = if options.real_clock {
+            Arc::new(SystemClock)
+        } else {
+            clock.clone()
+        };
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open_with_clock(dir.path(), Arc::clone(&store_clock)).expect("open store"),
+        );
+        let config = ServerConfig {
+            allow_private_webhooks: options.allow_private_webhooks,
+            retry_schedule: RetrySchedule::parse(options.retry_schedule).expect("schedule"),
+            ..ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", dir.path().to_path_buf())
+        };
+        let server = RunningServer::with_store(&config, Arc::clone(&store), store_clock)
             .await
             .expect("start server");
         let (_, ingest_key) = tidings::keys::create(
@@ -110,6 +154,26 @@ impl TestApp {
             .await;
         assert_eq!(status, StatusCode::CREATED, "ingest failed: {body}");
         body["data"].as_array().expect("data array").clone()
+    }
+
+    /// A request with a JSON body on the public API; returns status and JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{}", self.public, path))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// GET on the public API; returns status and JSON body.

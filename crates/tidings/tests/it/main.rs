@@ -3,6 +3,7 @@
 
 mod harness;
 mod process;
+mod receiver;
 
 mod bad_input;
 mod cli;
@@ -11,3 +12,5 @@ mod events_filters;
 mod ingest;
 mod pagination;
 mod tenancy;
+mod webhook_restart;
+mod webhooks;

@@ -18,6 +18,11 @@ impl ServerProcess {
     /// Starts `tidings serve` on `data_dir` with ephemeral ports and waits for its
     /// "listening" line.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like [`ServerProcess::start`], with more `serve` flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -26,6 +31,7 @@ impl ServerProcess {
                 "--ingest-listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .env("TIDINGS_LOG", "warn")
