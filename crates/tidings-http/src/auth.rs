@@ -11,6 +11,7 @@ use tidings_domain::{ApiKey, OrgId, Scope, Tenant};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::rate_limit::DecisionSlot;
 
 /// The key a request authenticated with.
 #[derive(Debug, Clone)]
@@ -45,6 +46,15 @@ impl FromRequestParts<AppState> for Authenticated {
             .authenticate(hash_secret(secret))
             .await?
             .ok_or_else(|| ApiError::unauthenticated("invalid or revoked API key"))?;
+        if let Some(limits) = &state.rate_limits {
+            let decision = limits.check(&key);
+            if let Some(slot) = parts.extensions.get::<DecisionSlot>() {
+                slot.set(decision);
+            }
+            if let Some(after) = decision.retry_after_secs {
+                return Err(ApiError::rate_limited(after));
+            }
+        }
         Ok(Authenticated(key))
     }
 }

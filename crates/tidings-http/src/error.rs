@@ -149,6 +149,17 @@ impl ApiError {
         )
     }
 
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::RateLimitError,
+            "rate_limited",
+            format!(
+                "too many requests for this key; retry after {retry_after_secs} s (see the RateLimit-* headers)"
+            ),
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

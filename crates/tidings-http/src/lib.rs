@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod pagination;
+pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
 
@@ -30,6 +31,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<Catalog>,
     pub webhooks: tidings_webhooks::WebhookServices,
+    /// Per-key limits on the public API; `None` on the ingest port, which the platform's own
+    /// producers use (they are bounded by batch and body sizes instead).
+    pub rate_limits: Option<Arc<rate_limit::RateLimits>>,
 }
 
 #[derive(OpenApi)]
@@ -102,7 +106,8 @@ pub fn public_router(state: AppState) -> Router {
 }
 
 /// The ingest router (internal port).
-pub fn ingest_router(state: AppState) -> Router {
+pub fn ingest_router(mut state: AppState) -> Router {
+    state.rate_limits = None;
     let (router, _openapi) = OpenApiRouter::new()
         .routes(routes!(routes::ingest::ingest_events))
         .routes(routes!(routes::health::healthz))
@@ -121,6 +126,7 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_panic| -> Response {
             ApiError::internal(&"a handler panicked").into_response()
         }))
+        .layer(axum::middleware::from_fn(rate_limit::add_headers))
         .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }

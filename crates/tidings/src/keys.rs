@@ -12,7 +12,11 @@ pub async fn create(
     organization_id: Option<OrgId>,
     scopes: Vec<Scope>,
     description: Option<String>,
+    rate_limit: Option<u32>,
 ) -> anyhow::Result<(ApiKey, String)> {
+    if rate_limit == Some(0) {
+        bail!("--rate-limit must be at least 1 request per second");
+    }
     if organization_id.is_some() && scopes.contains(&Scope::EventsIngest) {
         bail!("events:ingest is for platform keys only: use --platform instead of --org");
     }
@@ -22,7 +26,7 @@ pub async fn create(
             NewApiKey {
                 organization_id,
                 scopes,
-                rate_limit: None,
+                rate_limit,
                 description,
             },
             hash_secret(&secret),

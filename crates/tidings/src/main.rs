@@ -76,6 +76,12 @@ struct ServeArgs {
     #[arg(long, env = "TIDINGS_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h",
           value_parser = |s: &str| RetrySchedule::parse(s))]
     webhook_retry_schedule: RetrySchedule,
+    /// Requests per second per API key on the public API (a key may have its own).
+    #[arg(long, env = "TIDINGS_RATE_LIMIT", default_value_t = 100)]
+    rate_limit: u32,
+    /// Burst size per key.
+    #[arg(long, env = "TIDINGS_RATE_LIMIT_BURST", default_value_t = 200)]
+    rate_limit_burst: u32,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +104,9 @@ enum KeysCommand {
         /// A note on what the key is for.
         #[arg(long)]
         description: Option<String>,
+        /// This key's own limit in requests per second (burst: twice that).
+        #[arg(long)]
+        rate_limit: Option<u32>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -223,6 +232,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         event_types_file: args.event_types,
         allow_private_webhooks: args.allow_private_webhooks,
         retry_schedule: args.webhook_retry_schedule,
+        rate_limit: args.rate_limit,
+        rate_limit_burst: args.rate_limit_burst,
         ..ServerConfig::new(&args.listen, &args.ingest_listen, args.store.data_dir)
     };
     let mut server = RunningServer::start(&config).await?;
@@ -239,6 +250,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None,
             vec![Scope::EventsIngest],
             Some("demo producer".into()),
+            None,
         )
         .await?;
         let org: OrgId = tidings::demo::SEED_ORG
@@ -254,6 +266,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 Scope::AuditLogsRead,
             ],
             Some("demo reader".into()),
+            None,
         )
         .await?;
         println!(
@@ -316,6 +329,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             platform: _,
             scopes,
             description,
+            rate_limit,
             store,
         } => {
             let org = org
@@ -325,7 +339,8 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             let scopes =
                 Scope::parse_list(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
             let store = open_store(&store)?;
-            let (_, secret) = tidings::keys::create(&store, org, scopes, description).await?;
+            let (_, secret) =
+                tidings::keys::create(&store, org, scopes, description, rate_limit).await?;
             println!("{secret}");
         }
         KeysCommand::List { store } => {

@@ -8,6 +8,7 @@ use anyhow::Context;
 use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{Catalog, EventTypeInfo};
 use tidings_http::AppState;
+use tidings_http::rate_limit::RateLimits;
 use tidings_store::{Clock, SqliteStore, Store, SystemClock};
 use tidings_webhooks::{Dispatcher, DispatcherConfig, WebhookClient, WebhookServices};
 use tokio::net::TcpListener;
@@ -25,6 +26,9 @@ pub struct ServerConfig {
     /// Let webhooks reach loopback and private addresses over plain http (development).
     pub allow_private_webhooks: bool,
     pub retry_schedule: RetrySchedule,
+    /// Requests per second per key, and the burst, unless a key has its own limit.
+    pub rate_limit: u32,
+    pub rate_limit_burst: u32,
 }
 
 impl ServerConfig {
@@ -37,6 +41,8 @@ impl ServerConfig {
             event_types_file: None,
             allow_private_webhooks: false,
             retry_schedule: RetrySchedule::default(),
+            rate_limit: 100,
+            rate_limit_burst: 200,
         }
     }
 }
@@ -105,6 +111,10 @@ impl RunningServer {
             store: Arc::clone(&store),
             catalog: Arc::clone(&catalog),
             webhooks: webhooks.clone(),
+            rate_limits: Some(Arc::new(RateLimits::new(
+                config.rate_limit,
+                config.rate_limit_burst,
+            ))),
         };
         let public = TcpListener::bind(&config.listen)
             .await

@@ -36,6 +36,9 @@ pub struct Options {
     pub real_clock: bool,
     pub allow_private_webhooks: bool,
     pub retry_schedule: &'static str,
+    /// The server's default per-key limit: high, so tests that walk many pages are not
+    /// throttled; rate-limit tests give their keys their own limits.
+    pub rate_limit: u32,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
             real_clock: false,
             allow_private_webhooks: false,
             retry_schedule: "5s,5m,30m,2h,5h,10h,10h",
+            rate_limit: 1_000_000,
         }
     }
 }
@@ -59,6 +63,7 @@ impl TestApp {
             real_clock: true,
             allow_private_webhooks: true,
             retry_schedule,
+            ..Options::default()
         })
         .await
     }
@@ -77,6 +82,8 @@ impl TestApp {
         let config = ServerConfig {
             allow_private_webhooks: options.allow_private_webhooks,
             retry_schedule: RetrySchedule::parse(options.retry_schedule).expect("schedule"),
+            rate_limit: options.rate_limit,
+            rate_limit_burst: options.rate_limit.saturating_mul(2),
             ..ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", dir.path().to_path_buf())
         };
         let server = RunningServer::with_store(&config, Arc::clone(&store), store_clock)
@@ -86,6 +93,7 @@ impl TestApp {
             store.as_ref(),
             None,
             vec![Scope::EventsIngest, Scope::EventsRead],
+            None,
             None,
         )
         .await
@@ -105,15 +113,30 @@ impl TestApp {
     /// An organization key with the given scopes.
     pub async fn org_key(&self, org: &str, scopes: &[Scope]) -> String {
         let org: OrgId = org.parse().expect("org id");
-        tidings::keys::create(self.store.as_ref(), Some(org), scopes.to_vec(), None)
+        tidings::keys::create(self.store.as_ref(), Some(org), scopes.to_vec(), None, None)
             .await
             .expect("create key")
             .1
     }
 
+    /// An organization key with its own rate limit (requests per second; burst twice that).
+    pub async fn limited_key(&self, org: &str, scopes: &[Scope], rate: u32) -> String {
+        let org: OrgId = org.parse().expect("org id");
+        tidings::keys::create(
+            self.store.as_ref(),
+            Some(org),
+            scopes.to_vec(),
+            None,
+            Some(rate),
+        )
+        .await
+        .expect("create key")
+        .1
+    }
+
     /// A platform key (any organization) with the given scopes.
     pub async fn platform_key(&self, scopes: &[Scope]) -> String {
-        tidings::keys::create(self.store.as_ref(), None, scopes.to_vec(), None)
+        tidings::keys::create(self.store.as_ref(), None, scopes.to_vec(), None, None)
             .await
             .expect("create key")
             .1

@@ -11,6 +11,7 @@ mod durability;
 mod events_filters;
 mod ingest;
 mod pagination;
+mod rate_limits;
 mod tenancy;
 mod webhook_restart;
 mod webhooks;
