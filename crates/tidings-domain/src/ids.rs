@@ -130,7 +130,7 @@ minted_id!(
 );
 
 /// Keeps error messages short when a client sends a huge value.
-pub(crate) fn truncate_for_message(s: &str) -> String {
+pub fn truncate_for_message(s: &str) -> String {
     const MAX: usize = 80;
     if s.chars().count() <= MAX {
         s.to_string()

@@ -2,6 +2,7 @@
 //! ingest validation and keys. Pure functions and types; no I/O, no clock, no randomness.
 //! Every other crate speaks these types.
 
+pub mod audit;
 pub mod catalog;
 pub mod cursor;
 pub mod event;

@@ -3,19 +3,25 @@
 //! Keys are looked up on every request (by the SHA-256 of the secret), so a key created or
 //! revoked with `tidings keys` takes effect at once, in every process.
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use tidings_domain::keys::{KEY_SECRET_PREFIX, hash_secret};
 use tidings_domain::{ApiKey, OrgId, Scope, Tenant};
 
+use tidings_domain::audit::{AuditActor, AuditContext};
+
 use crate::AppState;
+use crate::request_id;
 use crate::error::ApiError;
 use crate::rate_limit::DecisionSlot;
 
-/// The key a request authenticated with.
+/// The key a request authenticated with, and who/where the request came from (for the
+/// audit log).
 #[derive(Debug, Clone)]
-pub struct Authenticated(pub ApiKey);
+pub struct Authenticated(pub ApiKey, pub AuditContext);
 
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
@@ -55,11 +61,32 @@ impl FromRequestParts<AppState> for Authenticated {
                 return Err(ApiError::rate_limited(after));
             }
         }
-        Ok(Authenticated(key))
+        let audit = AuditContext {
+            actor: AuditActor {
+                actor_type: "api_key".into(),
+                id: key.id.to_string(),
+            },
+            request_id: Some(request_id::current()),
+            source_ip: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(512).collect()),
+        };
+        Ok(Authenticated(key, audit))
     }
 }
 
 impl Authenticated {
+    /// Who is acting, for the audit log.
+    pub fn audit(&self) -> &AuditContext {
+        &self.1
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.0.has_scope(scope) {
             Ok(())

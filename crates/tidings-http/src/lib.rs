@@ -43,6 +43,7 @@ pub struct AppState {
     tags(
         (name = "events", description = "Immutable platform events"),
         (name = "webhooks", description = "Subscriptions, signed deliveries, retries and replays"),
+        (name = "audit logs", description = "Every write through the API, hash-chained per organization"),
         (name = "operations", description = "Health and readiness"),
     )
 )]
@@ -81,6 +82,7 @@ pub fn public_router(state: AppState) -> Router {
         .routes(routes!(routes::deliveries::retry_delivery))
         .routes(routes!(routes::deliveries::replay))
         .routes(routes!(routes::deliveries::send_test))
+        .routes(routes!(routes::audit_logs::list_audit_logs))
         .routes(routes!(routes::health::healthz))
         .routes(routes!(routes::health::readyz))
         .split_for_parts();

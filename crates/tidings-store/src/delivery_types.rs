@@ -8,7 +8,7 @@ use tidings_domain::{Event, NewEvent, OrgId, TimeRange, TypePattern, WorkspaceId
 
 pub use tidings_domain::ids::{DeliveryId, WebhookId};
 
-/// A webhook to create (status `unverified` until its endpoint passes the challenge).
+/// A webhook to create.
 #[derive(Debug, Clone)]
 pub struct NewWebhook {
     pub organization_id: OrgId,
@@ -16,6 +16,9 @@ pub struct NewWebhook {
     pub url: String,
     pub event_types: Vec<TypePattern>,
     pub description: Option<String>,
+    /// The outcome of the verification challenge, run before the webhook is stored:
+    /// `active`, or `unverified` with the reason.
+    pub status: (tidings_domain::webhook::WebhookStatus, Option<String>),
 }
 
 /// Changes to a webhook; `None` leaves a field as it is.

@@ -2,6 +2,7 @@
 //! SQLite backend. Every query that touches tenant data takes a [`Tenant`] as a required
 //! argument, so the organization scope is enforced here and not only in handlers.
 
+mod audit_types;
 pub mod clock;
 mod delivery_types;
 mod error;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tidings_domain::keys::KEY_SECRET_PREFIX;
 
 use chrono::{DateTime, Utc};
+use tidings_domain::audit::{AuditContext, AuditRecord, ChainedRecord};
 use tidings_domain::ids::{DeliveryId, WebhookId};
 use tidings_domain::webhook::{Delivery, SigningSecret, Webhook};
 use tidings_domain::{
@@ -20,6 +22,7 @@ use tidings_domain::{
     Tenant, TimeRange, WorkspaceId,
 };
 
+pub use audit_types::AuditFilter;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport, NewWebhook,
@@ -51,7 +54,11 @@ pub trait Store: Send + Sync + 'static {
     /// Records a validated batch atomically and returns it in input order, with IDs and
     /// timestamps. Returns only once the batch is durable. For an idempotency key already
     /// used in the organization the event first recorded is returned instead of a copy.
-    async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError>;
+    async fn ingest(
+        &self,
+        events: Vec<NewEvent>,
+        audit: &AuditContext,
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// One page of events matching `filter`, within `tenant`.
     async fn list_events(
@@ -65,14 +72,22 @@ pub trait Store: Send + Sync + 'static {
     async fn get_event(&self, tenant: &Tenant, id: EventId) -> Result<Option<Event>, StoreError>;
 
     /// Stores a key whose secret hashes to `secret_hash`.
-    async fn create_key(&self, key: NewApiKey, secret_hash: [u8; 32])
-    -> Result<ApiKey, StoreError>;
+    async fn create_key(
+        &self,
+        key: NewApiKey,
+        secret_hash: [u8; 32],
+        audit: &AuditContext,
+    ) -> Result<ApiKey, StoreError>;
 
     /// Every key, newest first (operators only: there is no API route for this).
     async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
 
     /// Revokes a key; `None` if there is no such key. Revoking twice is harmless.
-    async fn revoke_key(&self, id: KeyId) -> Result<Option<ApiKey>, StoreError>;
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        audit: &AuditContext,
+    ) -> Result<Option<ApiKey>, StoreError>;
 
     /// The active (not revoked) key whose secret hashes to `secret_hash`.
     async fn authenticate(&self, secret_hash: [u8; 32]) -> Result<Option<ApiKey>, StoreError>;
@@ -82,11 +97,12 @@ pub trait Store: Send + Sync + 'static {
 
     // --- Webhooks -------------------------------------------------------------------
 
-    /// Stores a new webhook (status `unverified`) with its first signing secret.
+    /// Stores a new webhook with its first signing secret.
     async fn create_webhook(
         &self,
         webhook: NewWebhook,
         secret: SigningSecret,
+        audit: &AuditContext,
     ) -> Result<Webhook, StoreError>;
 
     /// Webhooks within `tenant`, optionally of one organization, newest first.
@@ -108,6 +124,7 @@ pub trait Store: Send + Sync + 'static {
         tenant: &Tenant,
         id: WebhookId,
         update: WebhookUpdate,
+        audit: &AuditContext,
     ) -> Result<Option<Webhook>, StoreError>;
 
     /// Deletes a webhook with its secrets, deliveries and attempts.
@@ -115,6 +132,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         tenant: &Tenant,
         id: WebhookId,
+        audit: &AuditContext,
     ) -> Result<Option<Webhook>, StoreError>;
 
     /// The live signing secrets, newest first.
@@ -131,6 +149,7 @@ pub trait Store: Send + Sync + 'static {
         id: WebhookId,
         secret: SigningSecret,
         overlap: Duration,
+        audit: &AuditContext,
     ) -> Result<Option<Webhook>, StoreError>;
 
     // --- Deliveries -----------------------------------------------------------------
@@ -166,6 +185,7 @@ pub trait Store: Send + Sync + 'static {
         tenant: &Tenant,
         webhook: WebhookId,
         delivery: DeliveryId,
+        audit: &AuditContext,
     ) -> Result<Option<Delivery>, StoreError>;
 
     /// Creates a delivery (trigger `replay`) for every event in `range` the webhook wants.
@@ -176,6 +196,7 @@ pub trait Store: Send + Sync + 'static {
         webhook: WebhookId,
         range: TimeRange,
         limit: usize,
+        audit: &AuditContext,
     ) -> Result<Option<usize>, StoreError>;
 
     /// Creates a test delivery leased to `owner`, for an attempt made right away.
@@ -184,7 +205,32 @@ pub trait Store: Send + Sync + 'static {
         tenant: &Tenant,
         webhook: WebhookId,
         owner: &str,
+        audit: &AuditContext,
     ) -> Result<Option<ClaimedDelivery>, StoreError>;
+
+    // --- Audit log ----------------------------------------------------------------
+
+    /// Audit records of one chain (an organization, or the platform's), newest first.
+    async fn list_audit_records(
+        &self,
+        tenant: &Tenant,
+        filter: &AuditFilter,
+        page: PageRequest,
+    ) -> Result<Page<AuditRecord>, StoreError>;
+
+    /// Every chain name: organizations, and `platform`.
+    async fn audit_chains(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The hash a chain starts from (zeros, or the retention checkpoint's).
+    async fn audit_chain_start(&self, chain: &str) -> Result<[u8; 32], StoreError>;
+
+    /// Up to `limit` records of a chain after sequence number `after`, oldest first.
+    async fn audit_chain_page(
+        &self,
+        chain: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChainedRecord>, StoreError>;
 
     /// The deployment's cursor-sealing key.
     fn cursor_key(&self) -> &CursorKey;

@@ -2,9 +2,15 @@
 //! while the server runs (the server looks keys up on every request).
 
 use anyhow::{Context, bail};
+use tidings_domain::audit::AuditContext;
 use tidings_domain::keys::hash_secret;
 use tidings_domain::{ApiKey, KeyId, NewApiKey, OrgId, Scope};
 use tidings_store::{Store, generate_key_secret};
+
+/// Key commands are run by an operator on the command line.
+fn operator() -> AuditContext {
+    AuditContext::operator(concat!("tidings-cli/", env!("CARGO_PKG_VERSION")))
+}
 
 /// Creates a key and returns it with its secret (the only time the secret is known).
 pub async fn create(
@@ -30,6 +36,7 @@ pub async fn create(
                 description,
             },
             hash_secret(&secret),
+            &operator(),
         )
         .await
         .context("storing the key")?;
@@ -41,7 +48,7 @@ pub async fn revoke(store: &dyn Store, id: &str) -> anyhow::Result<ApiKey> {
         .parse()
         .map_err(|e: tidings_domain::IdError| anyhow::anyhow!(e.0))?;
     store
-        .revoke_key(id)
+        .revoke_key(id, &operator())
         .await
         .context("revoking the key")?
         .with_context(|| format!("no key {id}"))

@@ -43,6 +43,23 @@ enum Command {
     },
     /// Send events to the ingest port.
     Emit(EmitArgs),
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chains and report any altered, inserted or removed record.
+    Verify {
+        /// Only this organization's chain (`platform` for keys without an organization).
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Args)]
@@ -198,6 +215,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Keys { command } => keys(command).await,
+        Command::Audit {
+            command: AuditCommand::Verify { org, store },
+        } => audit_verify(org, store).await,
         Command::Emit(args) => {
             let source = if let Some(path) = args.file {
                 EmitSource::Json(path)
@@ -295,6 +315,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             server.shutdown().await;
         }
+    }
+    Ok(())
+}
+
+async fn audit_verify(org: Option<String>, store: StoreArgs) -> anyhow::Result<()> {
+    let store = open_store(&store)?;
+    let reports = tidings::audit::verify(&store, org.as_deref()).await?;
+    let mut broken = 0;
+    for r in &reports {
+        if r.problems.is_empty() {
+            println!("{}: intact ({} records)", r.chain, r.records);
+        } else {
+            broken += 1;
+            println!("{}: BROKEN ({} records)", r.chain, r.records);
+            for p in &r.problems {
+                println!("  {} {}: {}", p.kind, p.record_id, p.detail);
+            }
+        }
+    }
+    if reports.is_empty() {
+        println!("no audit records");
+    }
+    if broken > 0 {
+        anyhow::bail!("{broken} audit chain(s) failed verification");
     }
     Ok(())
 }

@@ -128,8 +128,11 @@ impl RunningServer {
         let serve = |listener: TcpListener, router: axum::Router| {
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     })
                     .await

@@ -95,7 +95,7 @@ pub async fn retry_delivery(
     })?;
     let scheduled = state
         .store
-        .retry_delivery(&key.tenant(), webhook, delivery)
+        .retry_delivery(&key.tenant(), webhook, delivery, key.audit())
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!("no delivery {delivery} for webhook {webhook}"))
@@ -153,7 +153,7 @@ pub async fn replay(
     }
     let replayed = match state
         .store
-        .replay(&key.tenant(), webhook, range, MAX_REPLAY)
+        .replay(&key.tenant(), webhook, range, MAX_REPLAY, key.audit())
         .await
     {
         Ok(Some(n)) => n,
@@ -187,7 +187,7 @@ pub async fn send_test(
     let owner = format!("api-test-{}", crate::request_id::current());
     let claimed = state
         .store
-        .create_test_delivery(&key.tenant(), webhook, &owner)
+        .create_test_delivery(&key.tenant(), webhook, &owner, key.audit())
         .await?
         .ok_or_else(|| webhook_not_found(webhook))?;
     let (delivery_id, created_at) = (claimed.id, claimed.created_at);

@@ -63,7 +63,7 @@ pub async fn ingest_events(
         ),
     })?;
     let count = events.len();
-    let recorded = state.store.ingest(events).await?;
+    let recorded = state.store.ingest(events, key.audit()).await?;
     tracing::debug!(count, "ingested");
     // Durable now: let the dispatcher fan the events out to webhooks.
     state.webhooks.wake.notify_one();

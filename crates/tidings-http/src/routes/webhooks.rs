@@ -7,6 +7,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use tidings_domain::audit::AuditContext;
 use tidings_domain::ids::WebhookId;
 use tidings_domain::webhook::{ROTATION_OVERLAP, SigningSecret, Webhook, WebhookStatus};
 use tidings_domain::{OrgId, Params, Scope, TypePattern, WorkspaceId};
@@ -152,34 +153,32 @@ fn fresh_secret() -> SigningSecret {
     SigningSecret::from_random(bytes)
 }
 
-/// Runs the verification challenge and records its result: `active`, or `unverified` with
-/// the reason and a `webhook.verification_failed` event.
-async fn verify_and_activate(state: &AppState, webhook: Webhook) -> Result<Webhook, ApiError> {
-    let tenant = tidings_domain::Tenant::Platform;
-    let secrets = state
-        .store
-        .webhook_secrets(&tenant, webhook.id)
-        .await?
-        .unwrap_or_default();
-    let Some(secret) = secrets.first() else {
-        return Err(ApiError::internal(&"a webhook without a signing secret"));
-    };
-    let msg_id = format!(
-        "{}-verification-{}",
-        webhook.id,
-        state.webhooks.clock.now().timestamp()
-    );
-    let verdict = tidings_webhooks::verify_endpoint(
-        &state.webhooks.client,
-        &webhook.url,
-        &msg_id,
-        secret,
-        state.webhooks.clock.now(),
-    )
-    .await;
-    let status = match &verdict {
+/// Runs the verification challenge against `url` with `secret`, before anything is
+/// written, so that the write that follows records the outcome in one step (and one audit
+/// record): `active`, or `unverified` with the reason.
+async fn challenge(
+    state: &AppState,
+    url: &str,
+    secret: &SigningSecret,
+) -> (WebhookStatus, Option<String>) {
+    let now = state.webhooks.clock.now();
+    let msg_id = format!("verification-{}-{}", now.timestamp(), rand::random::<u32>());
+    match tidings_webhooks::verify_endpoint(&state.webhooks.client, url, &msg_id, secret, now)
+        .await
+    {
         Ok(()) => (WebhookStatus::Active, None),
-        Err(reason) => {
+        Err(reason) => (
+            WebhookStatus::Unverified,
+            Some(format!("verification failed: {reason}")),
+        ),
+    }
+}
+
+/// After a failed challenge: the `webhook.verification_failed` event. After a passed one:
+/// wake the dispatcher.
+async fn after_challenge(state: &AppState, webhook: &Webhook) -> Result<(), ApiError> {
+    match (&webhook.status, &webhook.disabled_reason) {
+        (WebhookStatus::Unverified, Some(reason)) => {
             tracing::info!(webhook = %webhook.id, reason, "webhook verification failed");
             if let Some(event) = tidings_webhooks::verification_failed_event(
                 &webhook.organization_id,
@@ -187,28 +186,15 @@ async fn verify_and_activate(state: &AppState, webhook: Webhook) -> Result<Webho
                 &webhook.url,
                 reason,
             ) {
-                state.store.ingest(vec![event]).await?;
+                state
+                    .store
+                    .ingest(vec![event], &AuditContext::system())
+                    .await?;
             }
-            (
-                WebhookStatus::Unverified,
-                Some(format!("verification failed: {reason}")),
-            )
         }
-    };
-    let updated = state
-        .store
-        .update_webhook(
-            &tenant,
-            webhook.id,
-            WebhookUpdate {
-                status: Some(status),
-                ..WebhookUpdate::default()
-            },
-        )
-        .await?
-        .ok_or_else(|| webhook_not_found(webhook.id))?;
-    state.webhooks.wake.notify_one();
-    Ok(updated)
+        _ => state.webhooks.wake.notify_one(),
+    }
+    Ok(())
 }
 
 /// Subscribe an endpoint. It is sent a verification challenge at once; the response shows
@@ -273,7 +259,8 @@ pub async fn create_webhook(
     check_description(&req.description)?;
     check_url(&state, &req.url).await?;
     let secret = fresh_secret();
-    let created = state
+    let status = challenge(&state, &req.url, &secret).await;
+    let webhook = state
         .store
         .create_webhook(
             NewWebhook {
@@ -282,11 +269,13 @@ pub async fn create_webhook(
                 url: req.url,
                 event_types,
                 description: req.description,
+                status,
             },
             secret.clone(),
+            key.audit(),
         )
         .await?;
-    let webhook = verify_and_activate(&state, created).await?;
+    after_challenge(&state, &webhook).await?;
     Ok((
         StatusCode::CREATED,
         Json(WebhookWithSecret {
@@ -392,13 +381,27 @@ pub async fn update_webhook(
     if let Some(url) = &req.url {
         check_url(&state, url).await?;
     }
-    let status = match req.enabled {
-        Some(false) => Some((
+    let target_url = req.url.clone().unwrap_or_else(|| current.url.clone());
+    let reverify = req.enabled != Some(false)
+        && (url_changed
+            || (req.enabled == Some(true) && current.status != WebhookStatus::Active));
+    let status = if req.enabled == Some(false) {
+        Some((
             WebhookStatus::Disabled,
             Some("disabled through the API".to_string()),
-        )),
-        // Verification below decides between active and unverified.
-        _ => None,
+        ))
+    } else if reverify {
+        let secrets = state
+            .store
+            .webhook_secrets(&tenant, id)
+            .await?
+            .ok_or_else(|| webhook_not_found(id))?;
+        let secret = secrets
+            .first()
+            .ok_or_else(|| ApiError::internal(&"a webhook without a signing secret"))?;
+        Some(challenge(&state, &target_url, secret).await)
+    } else {
+        None
     };
     let updated = state
         .store
@@ -411,13 +414,12 @@ pub async fn update_webhook(
                 description: req.description,
                 status,
             },
+            key.audit(),
         )
         .await?
         .ok_or_else(|| webhook_not_found(id))?;
-    let reverify = req.enabled != Some(false)
-        && (url_changed || (req.enabled == Some(true) && current.status != WebhookStatus::Active));
     if reverify {
-        return verify_and_activate(&state, updated).await.map(Json);
+        after_challenge(&state, &updated).await?;
     }
     Ok(Json(updated))
 }
@@ -436,7 +438,7 @@ pub async fn delete_webhook(
     let id = parse_webhook_id(&id)?;
     state
         .store
-        .delete_webhook(&key.tenant(), id)
+        .delete_webhook(&key.tenant(), id, key.audit())
         .await?
         .ok_or_else(|| webhook_not_found(id))?;
     Ok(Json(DeletedResponse {
@@ -486,7 +488,13 @@ pub async fn rotate_secret(
     let secret = fresh_secret();
     let webhook = state
         .store
-        .rotate_webhook_secret(&key.tenant(), id, secret.clone(), ROTATION_OVERLAP)
+        .rotate_webhook_secret(
+            &key.tenant(),
+            id,
+            secret.clone(),
+            ROTATION_OVERLAP,
+            key.audit(),
+        )
         .await?
         .ok_or_else(|| webhook_not_found(id))?;
     Ok(Json(WebhookWithSecret {

@@ -15,6 +15,9 @@ use tidings_domain::ids::{DeliveryId, WebhookId};
 use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
 use tidings_domain::{EventId, Order, Tenant, TimeRange, TypePattern};
 
+use serde_json::json;
+use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+
 use super::events::{EVENT_COLUMNS, corrupt, event_from_row, insert_events, timestamp};
 use super::webhooks::{find, live_secrets, parse_patterns, webhook_id};
 use super::writer::{WriterCtx, two_digit_year};
@@ -617,10 +620,14 @@ pub(crate) fn retry(
     tenant: &Tenant,
     webhook: WebhookId,
     delivery: DeliveryId,
+    audit: &AuditContext,
 ) -> Result<Option<Delivery>, StoreError> {
-    if find(conn, tenant, webhook)?.is_none() || get(conn, webhook, delivery)?.is_none() {
+    let Some(hook) = find(conn, tenant, webhook)? else {
         return Ok(None);
-    }
+    };
+    let Some(before) = get(conn, webhook, delivery)? else {
+        return Ok(None);
+    };
     conn.execute(
         "UPDATE deliveries SET final_on_failure = (status != 'pending'), status = 'pending',
                 next_attempt_at = ?2, next_trigger = 'manual'
@@ -628,7 +635,31 @@ pub(crate) fn retry(
         params![delivery.number as i64, millis(ctx.now)],
     )
     .context("scheduling a manual retry")?;
+    super::audit::append(
+        conn,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: Some(hook.organization_id),
+            action: "webhook.delivery_retried",
+            resource: AuditResource {
+                resource_type: "delivery".into(),
+                id: delivery.to_string(),
+            },
+            changes: json!({
+                "before": {"status": before.status},
+                "after": {"status": "pending", "trigger": "manual", "webhook_id": webhook.to_string()},
+            }),
+        },
+    )?;
     get(conn, webhook, delivery)
+}
+
+fn webhook_resource(id: WebhookId) -> AuditResource {
+    AuditResource {
+        resource_type: "webhook".into(),
+        id: id.to_string(),
+    }
 }
 
 pub(crate) fn replay(
@@ -638,6 +669,7 @@ pub(crate) fn replay(
     webhook: WebhookId,
     range: TimeRange,
     limit: usize,
+    audit: &AuditContext,
 ) -> Result<Option<usize>, StoreError> {
     let Some(hook) = find(conn, tenant, webhook)? else {
         return Ok(None);
@@ -708,6 +740,21 @@ pub(crate) fn replay(
             None,
         )?;
     }
+    super::audit::append(
+        conn,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: Some(hook.organization_id.clone()),
+            action: "webhook.replayed",
+            resource: webhook_resource(webhook),
+            changes: json!({"after": {
+                "from": range.from.map(|t| tidings_domain::event::format_timestamp(&t)),
+                "to": range.to.map(|t| tidings_domain::event::format_timestamp(&t)),
+                "replayed": wanted.len(),
+            }}),
+        },
+    )?;
     Ok(Some(wanted.len()))
 }
 
@@ -717,10 +764,11 @@ pub(crate) fn create_test(
     tenant: &Tenant,
     webhook: WebhookId,
     owner: &str,
+    audit: &AuditContext,
 ) -> Result<Option<ClaimedDelivery>, StoreError> {
-    if find(conn, tenant, webhook)?.is_none() {
+    let Some(hook) = find(conn, tenant, webhook)? else {
         return Ok(None);
-    }
+    };
     let seq = insert_delivery(
         conn,
         ctx,
@@ -731,5 +779,17 @@ pub(crate) fn create_test(
         None,
         Some(owner),
     )?;
-    claimed(conn, seq as i64, ctx.now)
+    let delivery = claimed(conn, seq as i64, ctx.now)?;
+    super::audit::append(
+        conn,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: Some(hook.organization_id),
+            action: "webhook.tested",
+            resource: webhook_resource(webhook),
+            changes: json!({"after": {"delivery_id": delivery.as_ref().map(|d| d.id.to_string())}}),
+        },
+    )?;
+    Ok(delivery)
 }

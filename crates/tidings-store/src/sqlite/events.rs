@@ -15,6 +15,10 @@ use tidings_domain::{
     TypePattern,
 };
 
+use serde_json::json;
+use tidings_domain::OrgId;
+use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+
 use super::writer::{WriterCtx, two_digit_year};
 use crate::error::{Context, StoreError};
 use crate::{Page, PageRequest};
@@ -368,4 +372,51 @@ pub(crate) fn insert_events(
     } else {
         Err(StoreError::Rejected(problems))
     }
+}
+
+/// An ingest batch with its audit records: one `events.ingested` per organization in it.
+pub(crate) fn ingest(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    events: &[NewEvent],
+    audit: &AuditContext,
+) -> Result<Vec<Event>, StoreError> {
+    let recorded = insert_events(conn, ctx, events)?;
+    // Organizations in order of first appearance, with their first and last event and count.
+    let mut per_org: Vec<(&OrgId, &Event, &Event, usize)> = Vec::new();
+    for e in &recorded {
+        match per_org.iter_mut().find(|(o, ..)| **o == e.organization_id) {
+            Some(entry) => {
+                if e.id.number < entry.1.id.number {
+                    entry.1 = e;
+                }
+                if e.id.number > entry.2.id.number {
+                    entry.2 = e;
+                }
+                entry.3 += 1;
+            }
+            None => per_org.push((&e.organization_id, e, e, 1)),
+        }
+    }
+    for (org, first, last, count) in per_org {
+        super::audit::append(
+            conn,
+            ctx,
+            audit,
+            AuditEntry {
+                organization_id: Some(org.clone()),
+                action: "events.ingested",
+                resource: AuditResource {
+                    resource_type: "event_batch".into(),
+                    id: first.id.to_string(),
+                },
+                changes: json!({"after": {
+                    "count": count,
+                    "first_event_id": first.id.to_string(),
+                    "last_event_id": last.id.to_string(),
+                }}),
+            },
+        )?;
+    }
+    Ok(recorded)
 }

@@ -1,6 +1,7 @@
 //! API keys: created and revoked through the writer, looked up on every request.
 
-use chrono::{DateTime, Utc};
+use serde_json::json;
+use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tidings_domain::{ApiKey, KeyId, NewApiKey, Scope};
 
@@ -79,6 +80,7 @@ pub(crate) fn create_key(
     ctx: &mut WriterCtx<'_>,
     key: NewApiKey,
     secret_hash: [u8; 32],
+    audit: &AuditContext,
 ) -> Result<ApiKey, StoreError> {
     let seq = ctx.next_id(conn, "KEY")?;
     let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
@@ -96,24 +98,58 @@ pub(crate) fn create_key(
         ],
     )
     .context("inserting a key")?;
-    key_by_seq(conn, seq)?
-        .ok_or_else(|| StoreError::Corrupt("a key vanished right after insert".into()))
+    let created = key_by_seq(conn, seq)?
+        .ok_or_else(|| StoreError::Corrupt("a key vanished right after insert".into()))?;
+    super::audit::append(
+        conn,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: created.organization_id.clone(),
+            action: "api_key.created",
+            resource: key_resource(&created),
+            // Never the secret, nor its hash.
+            changes: json!({"after": created}),
+        },
+    )?;
+    Ok(created)
+}
+
+fn key_resource(key: &ApiKey) -> AuditResource {
+    AuditResource {
+        resource_type: "api_key".into(),
+        id: key.id.to_string(),
+    }
 }
 
 pub(crate) fn revoke_key(
     conn: &Connection,
-    now: DateTime<Utc>,
+    ctx: &mut WriterCtx<'_>,
     id: KeyId,
+    audit: &AuditContext,
 ) -> Result<Option<ApiKey>, StoreError> {
     let Some(existing) = key_by_seq(conn, id.number)?.filter(|k| k.id == id) else {
         return Ok(None);
     };
-    if existing.revoked_at.is_none() {
-        conn.execute(
-            "UPDATE api_keys SET revoked_at = ?2 WHERE seq = ?1",
-            params![id.number as i64, now.timestamp()],
-        )
-        .context("revoking a key")?;
+    if existing.revoked_at.is_some() {
+        return Ok(Some(existing));
     }
-    key_by_seq(conn, id.number)
+    conn.execute(
+        "UPDATE api_keys SET revoked_at = ?2 WHERE seq = ?1",
+        params![id.number as i64, ctx.now.timestamp()],
+    )
+    .context("revoking a key")?;
+    let revoked = key_by_seq(conn, id.number)?;
+    super::audit::append(
+        conn,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: existing.organization_id.clone(),
+            action: "api_key.revoked",
+            resource: key_resource(&existing),
+            changes: json!({"before": existing, "after": revoked}),
+        },
+    )?;
+    Ok(revoked)
 }

@@ -5,6 +5,7 @@
 //! one fsync. `synchronous=FULL` makes a commit survive a power cut, and the 201 is sent only
 //! after it. Reads run on a small pool of their own connections, off the async runtime.
 
+mod audit;
 mod deliveries;
 mod events;
 mod keys;
@@ -21,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tidings_domain::audit::{AuditContext, AuditRecord, ChainedRecord};
 use tidings_domain::ids::{DeliveryId, WebhookId};
 use tidings_domain::webhook::{Delivery, SigningSecret, Webhook};
 use tidings_domain::{
@@ -30,6 +32,7 @@ use tidings_domain::{
 use tokio::sync::oneshot;
 
 use crate::clock::{Clock, SystemClock};
+use crate::audit_types::AuditFilter;
 use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport, NewWebhook,
     WebhookUpdate,
@@ -195,12 +198,17 @@ impl ReadPool {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, StoreError> {
+    async fn ingest(
+        &self,
+        events: Vec<NewEvent>,
+        audit: &AuditContext,
+    ) -> Result<Vec<Event>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let audit = audit.clone();
         self.write(events.len(), move |conn, ctx| {
-            events::insert_events(conn, ctx, &events)
+            events::ingest(conn, ctx, &events, &audit)
         })
         .await
     }
@@ -226,9 +234,11 @@ impl Store for SqliteStore {
         &self,
         key: NewApiKey,
         secret_hash: [u8; 32],
+        audit: &AuditContext,
     ) -> Result<ApiKey, StoreError> {
+        let audit = audit.clone();
         self.write(1, move |conn, ctx| {
-            keys::create_key(conn, ctx, key, secret_hash)
+            keys::create_key(conn, ctx, key, secret_hash, &audit)
         })
         .await
     }
@@ -237,8 +247,13 @@ impl Store for SqliteStore {
         self.read(keys::list_keys).await
     }
 
-    async fn revoke_key(&self, id: KeyId) -> Result<Option<ApiKey>, StoreError> {
-        self.write(1, move |conn, ctx| keys::revoke_key(conn, ctx.now, id))
+    async fn revoke_key(
+        &self,
+        id: KeyId,
+        audit: &AuditContext,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let audit = audit.clone();
+        self.write(1, move |conn, ctx| keys::revoke_key(conn, ctx, id, &audit))
             .await
     }
 
@@ -270,9 +285,11 @@ impl Store for SqliteStore {
         &self,
         webhook: NewWebhook,
         secret: SigningSecret,
+        audit: &AuditContext,
     ) -> Result<Webhook, StoreError> {
+        let audit = audit.clone();
         self.write(1, move |conn, ctx| {
-            webhooks::create(conn, ctx, webhook, secret)
+            webhooks::create(conn, ctx, webhook, secret, &audit)
         })
         .await
     }
@@ -303,10 +320,11 @@ impl Store for SqliteStore {
         tenant: &Tenant,
         id: WebhookId,
         update: WebhookUpdate,
+        audit: &AuditContext,
     ) -> Result<Option<Webhook>, StoreError> {
-        let tenant = tenant.clone();
+        let (tenant, audit) = (tenant.clone(), audit.clone());
         self.write(1, move |conn, ctx| {
-            webhooks::update(conn, ctx, &tenant, id, update)
+            webhooks::update(conn, ctx, &tenant, id, update, &audit)
         })
         .await
     }
@@ -315,9 +333,10 @@ impl Store for SqliteStore {
         &self,
         tenant: &Tenant,
         id: WebhookId,
+        audit: &AuditContext,
     ) -> Result<Option<Webhook>, StoreError> {
-        let tenant = tenant.clone();
-        self.write(1, move |conn, _| webhooks::delete(conn, &tenant, id))
+        let (tenant, audit) = (tenant.clone(), audit.clone());
+        self.write(1, move |conn, ctx| webhooks::delete(conn, ctx, &tenant, id, &audit))
             .await
     }
 
@@ -341,10 +360,11 @@ impl Store for SqliteStore {
         id: WebhookId,
         secret: SigningSecret,
         overlap: Duration,
+        audit: &AuditContext,
     ) -> Result<Option<Webhook>, StoreError> {
-        let tenant = tenant.clone();
+        let (tenant, audit) = (tenant.clone(), audit.clone());
         self.write(1, move |conn, ctx| {
-            webhooks::rotate_secret(conn, ctx, &tenant, id, secret, overlap)
+            webhooks::rotate_secret(conn, ctx, &tenant, id, secret, overlap, &audit)
         })
         .await
     }
@@ -394,10 +414,11 @@ impl Store for SqliteStore {
         tenant: &Tenant,
         webhook: WebhookId,
         delivery: DeliveryId,
+        audit: &AuditContext,
     ) -> Result<Option<Delivery>, StoreError> {
-        let tenant = tenant.clone();
+        let (tenant, audit) = (tenant.clone(), audit.clone());
         self.write(1, move |conn, ctx| {
-            deliveries::retry(conn, ctx, &tenant, webhook, delivery)
+            deliveries::retry(conn, ctx, &tenant, webhook, delivery, &audit)
         })
         .await
     }
@@ -408,10 +429,11 @@ impl Store for SqliteStore {
         webhook: WebhookId,
         range: TimeRange,
         limit: usize,
+        audit: &AuditContext,
     ) -> Result<Option<usize>, StoreError> {
-        let tenant = tenant.clone();
+        let (tenant, audit) = (tenant.clone(), audit.clone());
         self.write(limit, move |conn, ctx| {
-            deliveries::replay(conn, ctx, &tenant, webhook, range, limit)
+            deliveries::replay(conn, ctx, &tenant, webhook, range, limit, &audit)
         })
         .await
     }
@@ -421,12 +443,44 @@ impl Store for SqliteStore {
         tenant: &Tenant,
         webhook: WebhookId,
         owner: &str,
+        audit: &AuditContext,
     ) -> Result<Option<ClaimedDelivery>, StoreError> {
-        let (tenant, owner) = (tenant.clone(), owner.to_string());
+        let (tenant, owner, audit) = (tenant.clone(), owner.to_string(), audit.clone());
         self.write(1, move |conn, ctx| {
-            deliveries::create_test(conn, ctx, &tenant, webhook, &owner)
+            deliveries::create_test(conn, ctx, &tenant, webhook, &owner, &audit)
         })
         .await
+    }
+
+    async fn list_audit_records(
+        &self,
+        tenant: &Tenant,
+        filter: &AuditFilter,
+        page: PageRequest,
+    ) -> Result<Page<AuditRecord>, StoreError> {
+        let (tenant, filter) = (tenant.clone(), filter.clone());
+        self.read(move |conn| audit::list(conn, &tenant, &filter, page))
+            .await
+    }
+
+    async fn audit_chains(&self) -> Result<Vec<String>, StoreError> {
+        self.read(audit::chains).await
+    }
+
+    async fn audit_chain_start(&self, chain: &str) -> Result<[u8; 32], StoreError> {
+        let chain = chain.to_string();
+        self.read(move |conn| audit::chain_start(conn, &chain)).await
+    }
+
+    async fn audit_chain_page(
+        &self,
+        chain: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChainedRecord>, StoreError> {
+        let chain = chain.to_string();
+        self.read(move |conn| audit::chain_page(conn, &chain, after, limit))
+            .await
     }
 
     fn cursor_key(&self) -> &CursorKey {

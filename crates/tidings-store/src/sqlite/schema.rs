@@ -134,6 +134,40 @@ CREATE TABLE fanout_cursor (
 INSERT INTO fanout_cursor (id, last_event_seq) SELECT 1, coalesce(max(seq), 0) FROM events;
 "#,
     ),
+    (
+        3,
+        r#"
+-- The audit log. chain is the organization, or 'platform' for keys without one; each
+-- record's hash covers its predecessor's hash and its own canonical JSON.
+CREATE TABLE audit_records (
+    seq           INTEGER PRIMARY KEY,
+    chain         TEXT NOT NULL,
+    org           TEXT,
+    actor_type    TEXT NOT NULL,
+    actor_id      TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id   TEXT NOT NULL,
+    request_id    TEXT,
+    source_ip     TEXT,
+    user_agent    TEXT,
+    changes       TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    prev_hash     BLOB NOT NULL,
+    hash          BLOB NOT NULL
+);
+CREATE INDEX audit_chain ON audit_records (chain, seq);
+CREATE INDEX audit_created_at ON audit_records (created_at);
+
+-- Where a chain starts after retention removed its oldest records.
+CREATE TABLE audit_checkpoints (
+    chain      TEXT PRIMARY KEY,
+    first_seq  INTEGER NOT NULL,
+    prev_hash  BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction.

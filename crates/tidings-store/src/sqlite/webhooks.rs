@@ -9,6 +9,9 @@ use tidings_domain::ids::WebhookId;
 use tidings_domain::webhook::{SigningSecret, Webhook};
 use tidings_domain::{OrgId, Tenant, TypePattern};
 
+use serde_json::json;
+use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+
 use super::events::{corrupt, timestamp};
 use super::writer::{WriterCtx, two_digit_year};
 use crate::delivery_types::{NewWebhook, WebhookUpdate};
@@ -95,13 +98,15 @@ pub(crate) fn create(
     ctx: &mut WriterCtx<'_>,
     new: NewWebhook,
     secret: SigningSecret,
+    audit: &AuditContext,
 ) -> Result<Webhook, StoreError> {
     let seq = ctx.next_id(conn, "WHK")?;
     let now = ctx.now.timestamp();
     conn.execute(
         "INSERT INTO webhooks (seq, org, workspace, url, event_types, description, status,
-                               created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'unverified', ?7, ?7)",
+                               disabled_reason, start_after_seq, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                 (SELECT coalesce(max(seq), 0) FROM events), ?9, ?9)",
         params![
             seq as i64,
             new.organization_id.as_str(),
@@ -109,6 +114,8 @@ pub(crate) fn create(
             new.url,
             join_patterns(&new.event_types),
             new.description,
+            new.status.0.as_str(),
+            new.status.1,
             now,
         ],
     )
@@ -118,8 +125,35 @@ pub(crate) fn create(
         params![seq as i64, secret.as_str(), now],
     )
     .context("inserting a webhook secret")?;
-    find(conn, &Tenant::Platform, webhook_id(seq as i64, ctx.now))?
-        .ok_or_else(|| StoreError::Corrupt("a webhook vanished right after insert".into()))
+    let created = find(conn, &Tenant::Platform, webhook_id(seq as i64, ctx.now))?
+        .ok_or_else(|| StoreError::Corrupt("a webhook vanished right after insert".into()))?;
+    record(conn, ctx, audit, "webhook.created", &created, json!({"after": created}))?;
+    Ok(created)
+}
+
+/// Appends the audit record of an action on `webhook`.
+fn record(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    audit: &AuditContext,
+    action: &'static str,
+    webhook: &Webhook,
+    changes: serde_json::Value,
+) -> Result<(), StoreError> {
+    super::audit::append(
+        conn,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: Some(webhook.organization_id.clone()),
+            action,
+            resource: AuditResource {
+                resource_type: "webhook".into(),
+                id: webhook.id.to_string(),
+            },
+            changes,
+        },
+    )
 }
 
 pub(crate) fn list(
@@ -178,8 +212,9 @@ pub(crate) fn update(
     tenant: &Tenant,
     id: WebhookId,
     update: WebhookUpdate,
+    audit: &AuditContext,
 ) -> Result<Option<Webhook>, StoreError> {
-    let Some(_) = find(conn, tenant, id)? else {
+    let Some(before) = find(conn, tenant, id)? else {
         return Ok(None);
     };
     let seq = id.number as i64;
@@ -221,19 +256,33 @@ pub(crate) fn update(
         params![seq, now],
     )
     .context("touching a webhook")?;
-    find(conn, tenant, id)
+    let after = find(conn, tenant, id)?;
+    if let Some(after) = &after {
+        record(
+            conn,
+            ctx,
+            audit,
+            "webhook.updated",
+            after,
+            json!({"before": before, "after": after}),
+        )?;
+    }
+    Ok(after)
 }
 
 pub(crate) fn delete(
     conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
     tenant: &Tenant,
     id: WebhookId,
+    audit: &AuditContext,
 ) -> Result<Option<Webhook>, StoreError> {
     let Some(found) = find(conn, tenant, id)? else {
         return Ok(None);
     };
     conn.execute("DELETE FROM webhooks WHERE seq = ?1", [id.number as i64])
         .context("deleting a webhook")?;
+    record(conn, ctx, audit, "webhook.deleted", &found, json!({"before": found}))?;
     Ok(Some(found))
 }
 
@@ -270,6 +319,7 @@ pub(crate) fn rotate_secret(
     id: WebhookId,
     secret: SigningSecret,
     overlap: Duration,
+    audit: &AuditContext,
 ) -> Result<Option<Webhook>, StoreError> {
     let Some(found) = find(conn, tenant, id)? else {
         return Ok(None);
@@ -298,5 +348,16 @@ pub(crate) fn rotate_secret(
         params![id.number as i64, now],
     )
     .context("touching a webhook")?;
+    record(
+        conn,
+        ctx,
+        audit,
+        "webhook.secret_rotated",
+        &found,
+        json!({
+            "before": {"secret": "[redacted]"},
+            "after": {"secret": "[redacted]", "previous_secret_expires_in_seconds": overlap.as_secs()},
+        }),
+    )?;
     Ok(Some(found))
 }

@@ -100,7 +100,9 @@ async fn missing_bad_revoked_and_underscoped_keys() {
     assert_eq!(app.get(&key, &q).await.0, StatusCode::OK);
     let keys = app.store.list_keys().await.unwrap();
     let newest = keys.iter().max_by_key(|k| k.id.number).unwrap();
-    app.store.revoke_key(newest.id).await.unwrap();
+    tidings::keys::revoke(app.store.as_ref(), &newest.id.to_string())
+        .await
+        .unwrap();
     let (status, body) = app.get(&key, &q).await;
     assert_error(
         status,

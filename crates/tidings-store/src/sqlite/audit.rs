@@ -1,0 +1,257 @@
+//! The audit log: appended in the same transaction as the action it records, chained per
+//! organization (SPEC §11).
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use tidings_domain::audit::{
+    AuditActor, AuditContext, AuditEntry, AuditRecord, AuditResource, ChainedRecord,
+    PLATFORM_CHAIN, chain_hash,
+};
+use tidings_domain::ids::AuditId;
+use tidings_domain::{Order, Tenant};
+
+use super::events::{corrupt, timestamp};
+use super::writer::{WriterCtx, two_digit_year};
+use crate::audit_types::AuditFilter;
+use crate::error::{Context, StoreError};
+use crate::{Page, PageRequest};
+
+fn chain_of(entry_org: Option<&str>) -> String {
+    entry_org.unwrap_or(PLATFORM_CHAIN).to_string()
+}
+
+fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("an audit hash has the wrong length".into()))
+}
+
+/// Where a chain starts: the checkpoint left by retention, or zeros.
+pub(crate) fn chain_start(conn: &Connection, chain: &str) -> Result<[u8; 32], StoreError> {
+    conn.query_row(
+        "SELECT prev_hash FROM audit_checkpoints WHERE chain = ?1",
+        [chain],
+        |r| r.get::<_, Vec<u8>>(0),
+    )
+    .optional()
+    .context("reading an audit checkpoint")?
+    .map(to_hash)
+    .transpose()
+    .map(|h| h.unwrap_or([0u8; 32]))
+}
+
+/// Appends one record to its organization's chain.
+pub(crate) fn append(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    audit: &AuditContext,
+    entry: AuditEntry,
+) -> Result<(), StoreError> {
+    let chain = chain_of(entry.organization_id.as_ref().map(|o| o.as_str()));
+    let prev: [u8; 32] = match conn
+        .prepare_cached(
+            "SELECT hash FROM audit_records WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",
+        )
+        .context("preparing the chain head read")?
+        .query_row([&chain], |r| r.get::<_, Vec<u8>>(0))
+        .optional()
+        .context("reading the chain head")?
+    {
+        Some(h) => to_hash(h)?,
+        None => chain_start(conn, &chain)?,
+    };
+    let seq = ctx.next_id(conn, "AUD")?;
+    let created_at = ctx.now;
+    let record = AuditRecord {
+        id: AuditId::new(two_digit_year(created_at), seq),
+        organization_id: entry.organization_id,
+        actor: audit.actor.clone(),
+        action: entry.action.to_string(),
+        resource: entry.resource,
+        request_id: audit.request_id.clone(),
+        source_ip: audit.source_ip.clone(),
+        user_agent: audit.user_agent.clone(),
+        changes: entry.changes,
+        created_at: timestamp(created_at.timestamp())?,
+    };
+    let hash = chain_hash(&prev, &record);
+    conn.prepare_cached(
+        "INSERT INTO audit_records (seq, chain, org, actor_type, actor_id, action, resource_type,
+                                    resource_id, request_id, source_ip, user_agent, changes,
+                                    created_at, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )
+    .context("preparing the audit insert")?
+    .execute(params![
+        seq as i64,
+        chain,
+        record.organization_id.as_ref().map(|o| o.as_str()),
+        record.actor.actor_type,
+        record.actor.id,
+        record.action,
+        record.resource.resource_type,
+        record.resource.id,
+        record.request_id,
+        record.source_ip,
+        record.user_agent,
+        record.changes.to_string(),
+        record.created_at.timestamp(),
+        &prev[..],
+        &hash[..],
+    ])
+    .context("recording an audit record")?;
+    Ok(())
+}
+
+const AUDIT_COLUMNS: &str = "seq, org, actor_type, actor_id, action, resource_type, resource_id, request_id, source_ip, user_agent, changes, created_at, prev_hash, hash";
+
+fn chained_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ChainedRecord, StoreError>> {
+    let seq: i64 = row.get(0)?;
+    let org: Option<String> = row.get(1)?;
+    let actor_type: String = row.get(2)?;
+    let actor_id: String = row.get(3)?;
+    let action: String = row.get(4)?;
+    let resource_type: String = row.get(5)?;
+    let resource_id: String = row.get(6)?;
+    let request_id: Option<String> = row.get(7)?;
+    let source_ip: Option<String> = row.get(8)?;
+    let user_agent: Option<String> = row.get(9)?;
+    let changes: String = row.get(10)?;
+    let created_at: i64 = row.get(11)?;
+    let prev_hash: Vec<u8> = row.get(12)?;
+    let hash: Vec<u8> = row.get(13)?;
+    Ok((|| {
+        let created_at = timestamp(created_at)?;
+        Ok(ChainedRecord {
+            record: AuditRecord {
+                id: AuditId::new(two_digit_year(created_at), seq as u64),
+                organization_id: org
+                    .map(|o| o.parse())
+                    .transpose()
+                    .map_err(|e| corrupt("audit org", e))?,
+                actor: AuditActor {
+                    actor_type,
+                    id: actor_id,
+                },
+                action,
+                resource: AuditResource {
+                    resource_type,
+                    id: resource_id,
+                },
+                request_id,
+                source_ip,
+                user_agent,
+                changes: serde_json::from_str(&changes)
+                    .map_err(|e| corrupt("audit changes", e))?,
+                created_at,
+            },
+            prev_hash: to_hash(prev_hash)?,
+            hash: to_hash(hash)?,
+        })
+    })())
+}
+
+pub(crate) fn list(
+    conn: &Connection,
+    tenant: &Tenant,
+    filter: &AuditFilter,
+    page: PageRequest,
+) -> Result<Page<AuditRecord>, StoreError> {
+    let chain = match (tenant, &filter.organization_id) {
+        (Tenant::Org(mine), Some(asked)) if mine != asked => {
+            return Ok(Page {
+                items: Vec::new(),
+                has_more: false,
+            });
+        }
+        (Tenant::Org(mine), _) => mine.as_str().to_string(),
+        (Tenant::Platform, Some(asked)) => asked.as_str().to_string(),
+        (Tenant::Platform, None) => PLATFORM_CHAIN.to_string(),
+    };
+    let mut conds = vec!["chain = ?1".to_string()];
+    let mut args: Vec<Value> = vec![Value::Text(chain)];
+    let mut bind = |conds: &mut Vec<String>, sql: &str, v: Value| {
+        args.push(v);
+        conds.push(sql.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(a) = &filter.actor_id {
+        bind(&mut conds, "actor_id = ?", Value::Text(a.clone()));
+    }
+    if let Some(a) = &filter.action {
+        bind(&mut conds, "action = ?", Value::Text(a.clone()));
+    }
+    if let Some(t) = &filter.resource_type {
+        bind(&mut conds, "resource_type = ?", Value::Text(t.clone()));
+    }
+    if let Some(r) = &filter.resource_id {
+        bind(&mut conds, "resource_id = ?", Value::Text(r.clone()));
+    }
+    let (from, to) = filter.range.as_unix_seconds();
+    if let Some(f) = from {
+        bind(&mut conds, "created_at >= ?", Value::Integer(f));
+    }
+    if let Some(t) = to {
+        bind(&mut conds, "created_at < ?", Value::Integer(t));
+    }
+    let (dir, cmp) = match page.order {
+        Order::Desc => ("DESC", "seq < ?"),
+        Order::Asc => ("ASC", "seq > ?"),
+    };
+    if let Some(after) = page.after {
+        bind(&mut conds, cmp, Value::Integer(after as i64));
+    }
+    let sql = format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_records INDEXED BY audit_chain
+         WHERE {} ORDER BY seq {dir} LIMIT {}",
+        conds.join(" AND "),
+        page.limit + 1
+    );
+    let mut stmt = conn.prepare_cached(&sql).context("preparing the audit list")?;
+    let rows = stmt
+        .query_map(params_from_iter(args.iter()), chained_from_row)
+        .context("listing audit records")?;
+    let mut items = Vec::new();
+    for row in rows {
+        items.push(row.context("reading an audit row")??.record);
+    }
+    let has_more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    Ok(Page { items, has_more })
+}
+
+pub(crate) fn chains(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT DISTINCT chain FROM audit_records ORDER BY chain")
+        .context("preparing the chain list")?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .context("listing audit chains")?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.context("reading a chain name")?);
+    }
+    Ok(out)
+}
+
+/// Up to `limit` records of a chain after `after`, oldest first.
+pub(crate) fn chain_page(
+    conn: &Connection,
+    chain: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<ChainedRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_records INDEXED BY audit_chain
+             WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        ))
+        .context("preparing the chain read")?;
+    let rows = stmt
+        .query_map(params![chain, after as i64, limit as i64], chained_from_row)
+        .context("reading a chain")?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.context("reading a chain record")??);
+    }
+    Ok(out)
+}
