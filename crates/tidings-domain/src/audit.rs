@@ -256,13 +256,19 @@ mod tests {
         let mut c = chain(5);
         c[2].record.action = "webhook.deleted".into();
         let p = verify_chain([0; 32], &c);
-        assert_eq!((p[0].kind, p[0].record_id.as_str()), ("altered", "AUD-26-000003"));
+        assert_eq!(
+            (p[0].kind, p[0].record_id.as_str()),
+            ("altered", "AUD-26-000003")
+        );
 
         let mut c = chain(5);
         c.remove(2);
         let p = verify_chain([0; 32], &c);
         assert_eq!(p.len(), 1);
-        assert_eq!((p[0].kind, p[0].record_id.as_str()), ("removed_before", "AUD-26-000004"));
+        assert_eq!(
+            (p[0].kind, p[0].record_id.as_str()),
+            ("removed_before", "AUD-26-000004")
+        );
 
         let mut c = chain(5);
         let fake = record(99);
@@ -277,7 +283,10 @@ mod tests {
         );
         let p = verify_chain([0; 32], &c);
         assert_eq!(p.len(), 1);
-        assert_eq!((p[0].kind, p[0].record_id.as_str()), ("inserted", "AUD-26-000099"));
+        assert_eq!(
+            (p[0].kind, p[0].record_id.as_str()),
+            ("inserted", "AUD-26-000099")
+        );
 
         // Cutting the head without a checkpoint is a removal; with one it is fine.
         let c = chain(5);

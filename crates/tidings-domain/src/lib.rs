@@ -21,3 +21,4 @@ pub use query::{
     EventFilter, EventQuery, Order, PageParams, ParamError, Params, Tenant, TimeRange,
 };
 pub mod webhook;
+pub use webhook::parse_duration;

@@ -14,9 +14,9 @@ use tidings_domain::{ApiKey, OrgId, Scope, Tenant};
 use tidings_domain::audit::{AuditActor, AuditContext};
 
 use crate::AppState;
-use crate::request_id;
 use crate::error::ApiError;
 use crate::rate_limit::DecisionSlot;
+use crate::request_id;
 
 /// The key a request authenticated with, and who/where the request came from (for the
 /// audit log).

@@ -6,6 +6,7 @@ mod audit_types;
 pub mod clock;
 mod delivery_types;
 mod error;
+pub mod retention;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -29,6 +30,7 @@ pub use delivery_types::{
     WebhookUpdate,
 };
 pub use error::StoreError;
+pub use retention::{RetentionPolicy, SweepReport};
 pub use sqlite::SqliteStore;
 
 /// Where a list page starts and how long it is.
@@ -208,6 +210,16 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditContext,
     ) -> Result<Option<ClaimedDelivery>, StoreError>;
 
+    // --- Retention ------------------------------------------------------------------
+
+    /// One bounded pass of the retention sweep: deletes at most `batch` rows of each kind
+    /// older than the policy allows. Call again until it reports nothing.
+    async fn sweep_retention(
+        &self,
+        policy: RetentionPolicy,
+        batch: usize,
+    ) -> Result<SweepReport, StoreError>;
+
     // --- Audit log ----------------------------------------------------------------
 
     /// Audit records of one chain (an organization, or the platform's), newest first.
@@ -224,11 +236,12 @@ pub trait Store: Send + Sync + 'static {
     /// The hash a chain starts from (zeros, or the retention checkpoint's).
     async fn audit_chain_start(&self, chain: &str) -> Result<[u8; 32], StoreError>;
 
-    /// Up to `limit` records of a chain after sequence number `after`, oldest first.
+    /// Up to `limit` records of a chain after sequence number `after` (from the first row
+    /// when `None`), oldest first.
     async fn audit_chain_page(
         &self,
         chain: &str,
-        after: u64,
+        after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ChainedRecord>, StoreError>;
 

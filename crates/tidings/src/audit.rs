@@ -22,11 +22,11 @@ pub async fn verify(store: &dyn Store, only: Option<&str>) -> anyhow::Result<Vec
     for chain in chains {
         let start = store.audit_chain_start(&chain).await?;
         let mut records = Vec::new();
-        let mut after = 0;
+        let mut after = None;
         loop {
             let page = store.audit_chain_page(&chain, after, 10_000).await?;
             let Some(last) = page.last() else { break };
-            after = last.record.id.number;
+            after = Some(last.record.id.number);
             records.extend(page);
             if records.len() % 100_000 == 0 {
                 eprintln!("{chain}: read {} records", records.len());

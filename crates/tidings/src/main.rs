@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -11,7 +12,7 @@ use tidings::emit::{EmitSource, emit, event_from_flags};
 use tidings::server::{RunningServer, ServerConfig};
 use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{OrgId, Scope};
-use tidings_store::{SqliteStore, Store};
+use tidings_store::{RetentionPolicy, SqliteStore, Store};
 
 #[derive(Parser)]
 #[command(
@@ -99,6 +100,19 @@ struct ServeArgs {
     /// Burst size per key.
     #[arg(long, env = "TIDINGS_RATE_LIMIT_BURST", default_value_t = 200)]
     rate_limit_burst: u32,
+    /// How long events are kept.
+    #[arg(long, env = "TIDINGS_EVENT_RETENTION", default_value = "90d", value_parser = duration)]
+    event_retention: Duration,
+    /// How long webhook deliveries (with their attempts) are kept.
+    #[arg(long, env = "TIDINGS_DELIVERY_RETENTION", default_value = "30d", value_parser = duration)]
+    delivery_retention: Duration,
+    /// How long audit records are kept.
+    #[arg(long, env = "TIDINGS_AUDIT_RETENTION", default_value = "365d", value_parser = duration)]
+    audit_retention: Duration,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    tidings_domain::parse_duration(s)
 }
 
 #[derive(Subcommand)]
@@ -254,6 +268,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         retry_schedule: args.webhook_retry_schedule,
         rate_limit: args.rate_limit,
         rate_limit_burst: args.rate_limit_burst,
+        retention: RetentionPolicy {
+            events: args.event_retention,
+            deliveries: args.delivery_retention,
+            audit_records: args.audit_retention,
+        },
         ..ServerConfig::new(&args.listen, &args.ingest_listen, args.store.data_dir)
     };
     let mut server = RunningServer::start(&config).await?;

@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{Catalog, EventTypeInfo};
 use tidings_http::AppState;
 use tidings_http::rate_limit::RateLimits;
-use tidings_store::{Clock, SqliteStore, Store, SystemClock};
+use tidings_store::{Clock, RetentionPolicy, SqliteStore, Store, SweepReport, SystemClock};
 use tidings_webhooks::{Dispatcher, DispatcherConfig, WebhookClient, WebhookServices};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -29,6 +30,9 @@ pub struct ServerConfig {
     /// Requests per second per key, and the burst, unless a key has its own limit.
     pub rate_limit: u32,
     pub rate_limit_burst: u32,
+    pub retention: RetentionPolicy,
+    /// How often the retention sweep runs.
+    pub sweep_interval: Duration,
 }
 
 impl ServerConfig {
@@ -43,6 +47,8 @@ impl ServerConfig {
             retry_schedule: RetrySchedule::default(),
             rate_limit: 100,
             rate_limit_burst: 200,
+            retention: RetentionPolicy::default(),
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
@@ -74,6 +80,52 @@ pub fn load_catalog(file: Option<&PathBuf>) -> anyhow::Result<Catalog> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     Ok(catalog)
+}
+
+/// Rows deleted per retention pass: small enough that a pass is a short transaction.
+pub const SWEEP_BATCH: usize = 2_000;
+
+/// Sweeps until nothing old is left, every `interval`, in bounded passes with a pause
+/// between them so that ingest and queries never wait long behind the sweep.
+pub async fn sweep_until_done(
+    store: &dyn Store,
+    policy: RetentionPolicy,
+) -> anyhow::Result<SweepReport> {
+    let mut total = SweepReport::default();
+    loop {
+        let pass = store.sweep_retention(policy, SWEEP_BATCH).await?;
+        total.events += pass.events;
+        total.deliveries += pass.deliveries;
+        total.audit_records += pass.audit_records;
+        if pass.total() == 0 {
+            return Ok(total);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn run_retention(
+    store: Arc<dyn Store>,
+    policy: RetentionPolicy,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    loop {
+        match sweep_until_done(store.as_ref(), policy).await {
+            Ok(r) if r.total() > 0 => tracing::info!(
+                events = r.events,
+                deliveries = r.deliveries,
+                audit_records = r.audit_records,
+                "retention sweep"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        }
+    }
 }
 
 impl RunningServer {
@@ -133,9 +185,9 @@ impl RunningServer {
                     router.into_make_service_with_connect_info::<SocketAddr>(),
                 )
                 .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
             })
         };
         let dispatcher = Dispatcher::new(
@@ -149,6 +201,12 @@ impl RunningServer {
             Arc::clone(&webhooks.wake),
         );
         let dispatcher_stop = stopped.clone();
+        let sweeper = tokio::spawn(run_retention(
+            Arc::clone(&store),
+            config.retention,
+            config.sweep_interval,
+            stopped.clone(),
+        ));
         let tasks = vec![
             serve(public, tidings_http::public_router(state.clone())),
             serve(ingest, tidings_http::ingest_router(state)),
@@ -156,6 +214,7 @@ impl RunningServer {
                 dispatcher.run(dispatcher_stop).await;
                 Ok(())
             }),
+            sweeper,
         ];
         tracing::info!(%public_addr, %ingest_addr, data_dir = %config.data_dir.display(), "listening");
         Ok(Self {

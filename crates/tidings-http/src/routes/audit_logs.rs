@@ -27,7 +27,10 @@ const AUDIT_LIST_PARAMS: &[&str] = &[
 
 fn short_text(v: &str) -> Result<String, String> {
     if v.len() > 128 || v.chars().any(char::is_control) {
-        Err(format!("`{}` is not a valid value", truncate_for_message(v)))
+        Err(format!(
+            "`{}` is not a valid value",
+            truncate_for_message(v)
+        ))
     } else {
         Ok(v.to_string())
     }
@@ -53,9 +56,8 @@ pub async fn list_audit_logs(
 ) -> Result<Json<ListResponse<AuditRecord>>, ApiError> {
     key.require(Scope::AuditLogsRead)?;
     let mut params = Params::new(query_pairs(query.as_deref()))?;
-    let organization_id = params.take_parsed("organization_id", |v| {
-        v.parse::<OrgId>().map_err(|e| e.0)
-    })?;
+    let organization_id =
+        params.take_parsed("organization_id", |v| v.parse::<OrgId>().map_err(|e| e.0))?;
     if organization_id.is_none() && key.is_platform() {
         return Err(ApiError::bad_request(
             "parameter_missing",
@@ -77,7 +79,11 @@ pub async fn list_audit_logs(
     let (from, to) = filter.range.as_unix_seconds();
     let fingerprint = format!(
         "org={}|actor={}|action={}|rtype={}|rid={}|from={}|to={}",
-        filter.organization_id.as_ref().map(OrgId::as_str).unwrap_or(""),
+        filter
+            .organization_id
+            .as_ref()
+            .map(OrgId::as_str)
+            .unwrap_or(""),
         filter.actor_id.as_deref().unwrap_or(""),
         filter.action.as_deref().unwrap_or(""),
         filter.resource_type.as_deref().unwrap_or(""),

@@ -163,8 +163,7 @@ async fn challenge(
 ) -> (WebhookStatus, Option<String>) {
     let now = state.webhooks.clock.now();
     let msg_id = format!("verification-{}-{}", now.timestamp(), rand::random::<u32>());
-    match tidings_webhooks::verify_endpoint(&state.webhooks.client, url, &msg_id, secret, now)
-        .await
+    match tidings_webhooks::verify_endpoint(&state.webhooks.client, url, &msg_id, secret, now).await
     {
         Ok(()) => (WebhookStatus::Active, None),
         Err(reason) => (
@@ -383,8 +382,7 @@ pub async fn update_webhook(
     }
     let target_url = req.url.clone().unwrap_or_else(|| current.url.clone());
     let reverify = req.enabled != Some(false)
-        && (url_changed
-            || (req.enabled == Some(true) && current.status != WebhookStatus::Active));
+        && (url_changed || (req.enabled == Some(true) && current.status != WebhookStatus::Active));
     let status = if req.enabled == Some(false) {
         Some((
             WebhookStatus::Disabled,

@@ -49,9 +49,7 @@ pub(crate) fn append(
 ) -> Result<(), StoreError> {
     let chain = chain_of(entry.organization_id.as_ref().map(|o| o.as_str()));
     let prev: [u8; 32] = match conn
-        .prepare_cached(
-            "SELECT hash FROM audit_records WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",
-        )
+        .prepare_cached("SELECT hash FROM audit_records WHERE chain = ?1 ORDER BY seq DESC LIMIT 1")
         .context("preparing the chain head read")?
         .query_row([&chain], |r| r.get::<_, Vec<u8>>(0))
         .optional()
@@ -141,8 +139,7 @@ fn chained_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ChainedRecord, Sto
                 request_id,
                 source_ip,
                 user_agent,
-                changes: serde_json::from_str(&changes)
-                    .map_err(|e| corrupt("audit changes", e))?,
+                changes: serde_json::from_str(&changes).map_err(|e| corrupt("audit changes", e))?,
                 created_at,
             },
             prev_hash: to_hash(prev_hash)?,
@@ -206,7 +203,9 @@ pub(crate) fn list(
         conds.join(" AND "),
         page.limit + 1
     );
-    let mut stmt = conn.prepare_cached(&sql).context("preparing the audit list")?;
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .context("preparing the audit list")?;
     let rows = stmt
         .query_map(params_from_iter(args.iter()), chained_from_row)
         .context("listing audit records")?;
@@ -233,11 +232,12 @@ pub(crate) fn chains(conn: &Connection) -> Result<Vec<String>, StoreError> {
     Ok(out)
 }
 
-/// Up to `limit` records of a chain after `after`, oldest first.
+/// Up to `limit` records of a chain after `after` (from the very first row, whatever its
+/// number, when `None`), oldest first.
 pub(crate) fn chain_page(
     conn: &Connection,
     chain: &str,
-    after: u64,
+    after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<ChainedRecord>, StoreError> {
     let mut stmt = conn
@@ -247,7 +247,10 @@ pub(crate) fn chain_page(
         ))
         .context("preparing the chain read")?;
     let rows = stmt
-        .query_map(params![chain, after as i64, limit as i64], chained_from_row)
+        .query_map(
+            params![chain, after.map_or(i64::MIN, |a| a as i64), limit as i64],
+            chained_from_row,
+        )
         .context("reading a chain")?;
     let mut out = Vec::new();
     for r in rows {

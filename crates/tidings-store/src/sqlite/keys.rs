@@ -1,8 +1,8 @@
 //! API keys: created and revoked through the writer, looked up on every request.
 
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use tidings_domain::{ApiKey, KeyId, NewApiKey, Scope};
 
 use super::events::{corrupt, timestamp};

@@ -9,6 +9,7 @@ mod audit;
 mod deliveries;
 mod events;
 mod keys;
+mod retention;
 mod schema;
 mod webhooks;
 mod writer;
@@ -31,13 +32,14 @@ use tidings_domain::{
 };
 use tokio::sync::oneshot;
 
-use crate::clock::{Clock, SystemClock};
 use crate::audit_types::AuditFilter;
+use crate::clock::{Clock, SystemClock};
 use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport, NewWebhook,
     WebhookUpdate,
 };
 use crate::error::{Context, StoreError};
+use crate::retention::{RetentionPolicy, SweepReport};
 use crate::{Page, PageRequest, Store};
 use writer::{Job, WriterCtx};
 
@@ -336,8 +338,10 @@ impl Store for SqliteStore {
         audit: &AuditContext,
     ) -> Result<Option<Webhook>, StoreError> {
         let (tenant, audit) = (tenant.clone(), audit.clone());
-        self.write(1, move |conn, ctx| webhooks::delete(conn, ctx, &tenant, id, &audit))
-            .await
+        self.write(1, move |conn, ctx| {
+            webhooks::delete(conn, ctx, &tenant, id, &audit)
+        })
+        .await
     }
 
     async fn webhook_secrets(
@@ -452,6 +456,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn sweep_retention(
+        &self,
+        policy: RetentionPolicy,
+        batch: usize,
+    ) -> Result<SweepReport, StoreError> {
+        self.write(batch, move |conn, ctx| {
+            retention::sweep(conn, ctx, policy, batch)
+        })
+        .await
+    }
+
     async fn list_audit_records(
         &self,
         tenant: &Tenant,
@@ -469,13 +484,14 @@ impl Store for SqliteStore {
 
     async fn audit_chain_start(&self, chain: &str) -> Result<[u8; 32], StoreError> {
         let chain = chain.to_string();
-        self.read(move |conn| audit::chain_start(conn, &chain)).await
+        self.read(move |conn| audit::chain_start(conn, &chain))
+            .await
     }
 
     async fn audit_chain_page(
         &self,
         chain: &str,
-        after: u64,
+        after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ChainedRecord>, StoreError> {
         let chain = chain.to_string();

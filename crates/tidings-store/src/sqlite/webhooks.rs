@@ -127,7 +127,14 @@ pub(crate) fn create(
     .context("inserting a webhook secret")?;
     let created = find(conn, &Tenant::Platform, webhook_id(seq as i64, ctx.now))?
         .ok_or_else(|| StoreError::Corrupt("a webhook vanished right after insert".into()))?;
-    record(conn, ctx, audit, "webhook.created", &created, json!({"after": created}))?;
+    record(
+        conn,
+        ctx,
+        audit,
+        "webhook.created",
+        &created,
+        json!({"after": created}),
+    )?;
     Ok(created)
 }
 
@@ -282,7 +289,14 @@ pub(crate) fn delete(
     };
     conn.execute("DELETE FROM webhooks WHERE seq = ?1", [id.number as i64])
         .context("deleting a webhook")?;
-    record(conn, ctx, audit, "webhook.deleted", &found, json!({"before": found}))?;
+    record(
+        conn,
+        ctx,
+        audit,
+        "webhook.deleted",
+        &found,
+        json!({"before": found}),
+    )?;
     Ok(Some(found))
 }
 

@@ -19,7 +19,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     _server: RunningServer,
     ingest_key: String,
-    _dir: TempDir,
+    pub dir: TempDir,
 }
 
 /// The instant every test store starts at.
@@ -101,12 +101,15 @@ impl TestApp {
         Self {
             public: format!("http://{}", server.public_addr),
             ingest: format!("http://{}", server.ingest_addr),
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .user_agent("tidings-tests")
+                .build()
+                .expect("client"),
             store,
             clock,
             _server: server,
             ingest_key,
-            _dir: dir,
+            dir,
         }
     }
 

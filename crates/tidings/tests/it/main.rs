@@ -5,6 +5,7 @@ mod harness;
 mod process;
 mod receiver;
 
+mod audit;
 mod bad_input;
 mod cli;
 mod durability;
@@ -12,6 +13,7 @@ mod events_filters;
 mod ingest;
 mod pagination;
 mod rate_limits;
+mod retention;
 mod tenancy;
 mod webhook_restart;
 mod webhooks;

@@ -1,0 +1,84 @@
+//! One bounded pass of the retention sweep, as one writer job.
+
+use std::collections::BTreeMap;
+
+use chrono::Duration as ChronoDuration;
+use rusqlite::{Connection, params};
+
+use super::writer::WriterCtx;
+use crate::error::{Context, StoreError};
+use crate::retention::{RetentionPolicy, SweepReport};
+
+fn cutoff(ctx: &WriterCtx<'_>, keep: std::time::Duration) -> i64 {
+    let keep = ChronoDuration::from_std(keep).unwrap_or(ChronoDuration::MAX);
+    ctx.now
+        .checked_sub_signed(keep)
+        .map_or(i64::MIN, |t| t.timestamp())
+}
+
+pub(crate) fn sweep(
+    conn: &Connection,
+    ctx: &mut WriterCtx<'_>,
+    policy: RetentionPolicy,
+    batch: usize,
+) -> Result<SweepReport, StoreError> {
+    let events = conn
+        .prepare_cached(
+            "DELETE FROM events WHERE seq IN (
+                 SELECT seq FROM events INDEXED BY events_created_at
+                 WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+        )
+        .context("preparing the event sweep")?
+        .execute(params![cutoff(ctx, policy.events), batch as i64])
+        .context("sweeping events")?;
+    let deliveries = conn
+        .prepare_cached(
+            "DELETE FROM deliveries WHERE seq IN (
+                 SELECT seq FROM deliveries INDEXED BY deliveries_created_at
+                 WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+        )
+        .context("preparing the delivery sweep")?
+        .execute(params![cutoff(ctx, policy.deliveries), batch as i64])
+        .context("sweeping deliveries")?;
+
+    // Audit records go oldest first per chain; each chain's checkpoint moves to the hash of
+    // its last removed record, so the shortened chain still verifies.
+    let old: Vec<(i64, String, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT seq, chain, hash FROM audit_records
+             WHERE created_at < ?1 ORDER BY seq LIMIT ?2",
+        )
+        .context("preparing the audit sweep")?
+        .query_map(
+            params![cutoff(ctx, policy.audit_records), batch as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .context("reading old audit records")?
+        .collect::<Result<_, _>>()
+        .context("reading an old audit record")?;
+    let mut last_per_chain: BTreeMap<&str, (i64, &[u8])> = BTreeMap::new();
+    for (seq, chain, hash) in &old {
+        last_per_chain.insert(chain, (*seq, hash));
+    }
+    for (chain, (seq, hash)) in &last_per_chain {
+        conn.execute(
+            "INSERT INTO audit_checkpoints (chain, first_seq, prev_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (chain) DO UPDATE SET first_seq = excluded.first_seq,
+                 prev_hash = excluded.prev_hash, created_at = excluded.created_at",
+            params![chain, seq + 1, hash, ctx.now.timestamp()],
+        )
+        .context("moving an audit checkpoint")?;
+    }
+    let mut delete = conn
+        .prepare_cached("DELETE FROM audit_records WHERE seq = ?1")
+        .context("preparing the audit delete")?;
+    for (seq, _, _) in &old {
+        delete.execute([seq]).context("sweeping an audit record")?;
+    }
+    Ok(SweepReport {
+        events,
+        deliveries,
+        audit_records: old.len(),
+    })
+}
