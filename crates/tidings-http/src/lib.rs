@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod pagination;
 pub mod rate_limit;
 pub mod request_id;
@@ -12,9 +13,8 @@ pub mod routes;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::MethodRouter;
 use tidings_domain::Catalog;
 use tidings_store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -34,6 +34,10 @@ pub struct AppState {
     /// Per-key limits on the public API; `None` on the ingest port, which the platform's own
     /// producers use (they are bounded by batch and body sizes instead).
     pub rate_limits: Option<Arc<rate_limit::RateLimits>>,
+    /// The newest event number this process committed; wakes live streams.
+    pub committed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The public API's OpenAPI document, set when the router is built.
+    pub openapi: Arc<std::sync::OnceLock<utoipa::openapi::OpenApi>>,
 }
 
 #[derive(OpenApi)]
@@ -63,8 +67,12 @@ impl utoipa::Modify for BearerAuth {
 
 /// The public API router and its OpenAPI document.
 pub fn public_router(state: AppState) -> Router {
+    metrics::handle();
     let (router, openapi) = OpenApiRouter::with_openapi(PublicApi::openapi())
         .routes(routes!(routes::events::list_events))
+        .routes(routes!(routes::events::events_read_only))
+        .routes(routes!(routes::events::event_read_only))
+        .routes(routes!(routes::stream::stream_events))
         .routes(routes!(routes::events::get_event))
         .routes(routes!(routes::event_types::list_event_types))
         .routes(routes!(
@@ -85,26 +93,28 @@ pub fn public_router(state: AppState) -> Router {
         .routes(routes!(routes::audit_logs::list_audit_logs))
         .routes(routes!(routes::health::healthz))
         .routes(routes!(routes::health::readyz))
+        .routes(routes!(metrics::metrics_endpoint))
+        .routes(routes!(openapi_document))
         .split_for_parts();
-    let openapi = Arc::new(openapi);
-    let read_only = || -> MethodRouter<AppState> {
-        axum::routing::post(routes::events::events_are_read_only)
-            .put(routes::events::events_are_read_only)
-            .patch(routes::events::events_are_read_only)
-            .delete(routes::events::events_are_read_only)
-    };
+    // The document is complete only now; the handler serves it from the state.
+    let _ = state.openapi.set(openapi);
     let router = router
-        .route("/v1/events", read_only())
-        .route("/v1/events/{id}", read_only())
-        .route(
-            "/v1/openapi.json",
-            axum::routing::get(move || {
-                let doc = Arc::clone(&openapi);
-                async move { axum::Json(doc.as_ref().clone()) }
-            }),
-        )
         .layer(DefaultBodyLimit::max(1024 * 1024));
     finish(router, state)
+}
+
+/// This document, generated from the handlers themselves.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the public API", body = Object)))]
+async fn openapi_document(
+    State(state): State<AppState>,
+) -> Result<axum::Json<utoipa::openapi::OpenApi>, ApiError> {
+    state
+        .openapi
+        .get()
+        .cloned()
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::unavailable("the OpenAPI document is not built yet"))
 }
 
 /// The ingest router (internal port).

@@ -245,6 +245,18 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ChainedRecord>, StoreError>;
 
+    // --- Operations -----------------------------------------------------------------
+
+    /// The newest event number below which every event is committed (readers that walk
+    /// oldest-first stop here).
+    async fn high_water_mark(&self) -> Result<u64, StoreError>;
+
+    /// Pending deliveries, and when the oldest of them was created.
+    async fn delivery_backlog(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError>;
+
+    /// Bytes the store takes on disk (or in the database), if known.
+    async fn size_bytes(&self) -> Result<u64, StoreError>;
+
     /// The deployment's cursor-sealing key.
     fn cursor_key(&self) -> &CursorKey;
 

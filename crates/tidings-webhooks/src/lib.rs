@@ -110,6 +110,9 @@ pub async fn attempt_delivery(
         outcome = outcome_label,
         "delivery attempt"
     );
+    metrics::counter!("tidings_webhook_attempts_total", "outcome" => outcome_label).increment(1);
+    metrics::histogram!("tidings_webhook_attempt_duration_seconds")
+        .record(outcome.duration.as_secs_f64());
     if let Some(reason) = &verdict.disable {
         tracing::warn!(webhook = %claimed.webhook_id, reason, "disabling webhook");
     }

@@ -2,6 +2,7 @@
 //! demo producer. `main.rs` only parses the command line and calls into these.
 
 pub mod audit;
+pub mod client;
 pub mod demo;
 pub mod emit;
 pub mod keys;

@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tidings::emit::{EmitSource, emit, event_from_flags};
 use tidings::server::{RunningServer, ServerConfig};
-use tidings_domain::webhook::RetrySchedule;
+use tidings::client::ApiClient;
+use tidings_domain::webhook::{RetrySchedule, SigningSecret};
 use tidings_domain::{OrgId, Scope};
 use tidings_store::{RetentionPolicy, SqliteStore, Store};
 
@@ -44,11 +45,128 @@ enum Command {
     },
     /// Send events to the ingest port.
     Emit(EmitArgs),
+    /// Read events from a running server: list, get, or follow (tail).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Follow the stream and forward each event, signed like a webhook, to a local endpoint.
+    Listen(ListenArgs),
     /// The audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// The public API.
+    #[arg(long, env = "TIDINGS_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// An API key with events:read.
+    #[arg(long, env = "TIDINGS_API_KEY", hide_env_values = true)]
+    key: String,
+}
+
+#[derive(Args)]
+struct FilterArgs {
+    #[arg(long)]
+    org: Option<String>,
+    #[arg(long)]
+    workspace: Option<String>,
+    /// Exact types, a comma-separated list, or domain.*.
+    #[arg(long = "type", alias = "types")]
+    types: Option<String>,
+    #[arg(long)]
+    subject_type: Option<String>,
+    #[arg(long)]
+    subject_id: Option<String>,
+    #[arg(long)]
+    actor_id: Option<String>,
+    /// Inclusive start: RFC 3339 or YYYY-MM-DD.
+    #[arg(long)]
+    from: Option<String>,
+    /// Exclusive end.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+impl FilterArgs {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        [
+            ("organization_id", &self.org),
+            ("workspace_id", &self.workspace),
+            ("type", &self.types),
+            ("subject_type", &self.subject_type),
+            ("subject_id", &self.subject_id),
+            ("actor_id", &self.actor_id),
+            ("from", &self.from),
+            ("to", &self.to),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+fn query_string(pairs: &[(&str, String)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    q.finish()
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// One page of events, newest first (use --cursor for the next).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// asc or desc.
+        #[arg(long)]
+        order: Option<String>,
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One event with its payload (JSON).
+    Get {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Follow new events as they are recorded.
+    Tail {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// One JSON event per line instead of a table line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// Where to POST each event, e.g. http://localhost:3000/hooks.
+    #[arg(long)]
+    forward_to: String,
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Sign with this secret instead of a fresh one (whsec_...).
+    #[arg(long, env = "TIDINGS_LISTEN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +347,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Keys { command } => keys(command).await,
+        Command::Events { command } => events(command).await,
+        Command::Listen(args) => listen(args).await,
         Command::Audit {
             command: AuditCommand::Verify { org, store },
         } => audit_verify(org, store).await,
@@ -336,6 +456,107 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn events(command: EventsCommand) -> anyhow::Result<()> {
+    match command {
+        EventsCommand::List {
+            api,
+            filter,
+            limit,
+            order,
+            cursor,
+            json,
+        } => {
+            let mut pairs = filter.pairs();
+            pairs.extend(limit.map(|l| ("limit", l.to_string())));
+            pairs.extend(order.map(|o| ("order", o)));
+            pairs.extend(cursor.map(|c| ("cursor", c)));
+            let client = ApiClient::new(&api.url, &api.key);
+            let page = client
+                .get(&format!("/v1/events?{}", query_string(&pairs)))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                let data = page["data"].as_array().cloned().unwrap_or_default();
+                print!("{}", tidings::client::render_events(&data));
+                if let Some(c) = page["meta"]["cursor"].as_str() {
+                    eprintln!("more: --cursor {c}");
+                }
+            }
+        }
+        EventsCommand::Get { id, api } => {
+            let client = ApiClient::new(&api.url, &api.key);
+            let event = client.get(&format!("/v1/events/{id}")).await?;
+            println!("{}", serde_json::to_string_pretty(&event)?);
+        }
+        EventsCommand::Tail { api, filter, json } => {
+            let client = ApiClient::new(&api.url, &api.key);
+            let path = format!("/v1/events/stream?{}", query_string(&filter.pairs()));
+            eprintln!("following {}{path} (Ctrl-C to stop)", api.url);
+            client
+                .follow(
+                    &path,
+                    async |m| {
+                        match serde_json::from_str::<serde_json::Value>(&m.data) {
+                            Ok(e) if !json => println!("{}", tidings::client::event_line(&e)),
+                            _ => println!("{}", m.data),
+                        }
+                        true
+                    },
+                    10,
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn listen(args: ListenArgs) -> anyhow::Result<()> {
+    let secret = match args.secret {
+        Some(s) => SigningSecret::parse(&s).map_err(|e| anyhow::anyhow!("--secret: {e}"))?,
+        None => {
+            let mut bytes = [0u8; 24];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+            SigningSecret::from_random(bytes)
+        }
+    };
+    println!("Forwarding events to {} signed with {}", args.forward_to, secret.as_str());
+    let sender = tidings_webhooks::WebhookClient::new(true)?;
+    let client = ApiClient::new(&args.api.url, &args.api.key);
+    let path = format!("/v1/events/stream?{}", query_string(&args.filter.pairs()));
+    let forward_to = args.forward_to;
+    client
+        .follow(
+            &path,
+            async |m| {
+                let id = m.id.clone().unwrap_or_default();
+                let event: serde_json::Value = serde_json::from_str(&m.data).unwrap_or_default();
+                let outcome = sender
+                    .send(
+                        &forward_to,
+                        &id,
+                        chrono::Utc::now().timestamp(),
+                        m.data.into_bytes(),
+                        std::slice::from_ref(&secret),
+                    )
+                    .await;
+                let result = match (outcome.status_code, outcome.error) {
+                    (Some(s), _) => s.to_string(),
+                    (None, Some(e)) => e.as_str().to_string(),
+                    (None, None) => "no answer".into(),
+                };
+                println!(
+                    "{id} {:<30} -> {result} ({} ms)",
+                    event["type"].as_str().unwrap_or(""),
+                    outcome.duration.as_millis()
+                );
+                true
+            },
+            u32::MAX,
+        )
+        .await
 }
 
 async fn audit_verify(org: Option<String>, store: StoreArgs) -> anyhow::Result<()> {

@@ -163,6 +163,8 @@ impl RunningServer {
             store: Arc::clone(&store),
             catalog: Arc::clone(&catalog),
             webhooks: webhooks.clone(),
+            committed: Arc::new(watch::channel(0).0),
+            openapi: Arc::default(),
             rate_limits: Some(Arc::new(RateLimits::new(
                 config.rate_limit,
                 config.rate_limit_burst,

@@ -78,10 +78,24 @@ pub async fn get_event(
         .ok_or_else(|| ApiError::not_found(format!("no event {id}")))
 }
 
-/// Events are produced only by the platform: every write is refused.
-pub async fn events_are_read_only() -> ApiError {
+fn read_only() -> ApiError {
     ApiError::method_not_allowed(
         "GET",
         "events are read-only: they are produced only by the platform and cannot be created, changed or deleted through the API",
     )
+}
+
+/// Events are produced only by the platform: writes are refused with a 405.
+#[utoipa::path(method(post, put, patch, delete), path = "/v1/events", tag = "events",
+    responses((status = 405, description = "Events are read-only", body = ErrorBody)))]
+pub async fn events_read_only() -> ApiError {
+    read_only()
+}
+
+/// Events are immutable: writes are refused with a 405.
+#[utoipa::path(method(post, put, patch, delete), path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path)),
+    responses((status = 405, description = "Events are immutable", body = ErrorBody)))]
+pub async fn event_read_only() -> ApiError {
+    read_only()
 }

@@ -64,9 +64,20 @@ pub async fn ingest_events(
     })?;
     let count = events.len();
     let recorded = state.store.ingest(events, key.audit()).await?;
+    metrics::counter!("tidings_events_ingested_total").increment(count as u64);
+    metrics::histogram!("tidings_ingest_batch_size").record(count as f64);
     tracing::debug!(count, "ingested");
-    // Durable now: let the dispatcher fan the events out to webhooks.
+    // Durable now: let the dispatcher fan the events out, and live streams read them.
     state.webhooks.wake.notify_one();
+    if let Some(newest) = recorded.iter().map(|e| e.id.number).max() {
+        state.committed.send_if_modified(|n| {
+            let newer = newest > *n;
+            if newer {
+                *n = newest;
+            }
+            newer
+        });
+    }
     Ok((StatusCode::CREATED, Json(IngestResponse { data: recorded })))
 }
 

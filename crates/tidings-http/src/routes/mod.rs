@@ -6,4 +6,5 @@ pub mod event_types;
 pub mod events;
 pub mod health;
 pub mod ingest;
+pub mod stream;
 pub mod webhooks;

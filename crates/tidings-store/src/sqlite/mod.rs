@@ -499,6 +499,45 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn high_water_mark(&self) -> Result<u64, StoreError> {
+        // One writer commits in event-number order: the newest visible event is the mark.
+        self.read(|conn| {
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .context("reading the newest event number")
+            .map(|n| n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn delivery_backlog(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        self.read(|conn| {
+            let (n, oldest): (i64, Option<i64>) = conn
+                .query_row(
+                    "SELECT count(*), min(created_at) FROM deliveries INDEXED BY deliveries_due
+                     WHERE status = 'pending' AND next_attempt_at IS NOT NULL",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .context("reading the delivery backlog")?;
+            Ok((n.max(0) as u64, oldest.and_then(|t| DateTime::from_timestamp(t, 0))))
+        })
+        .await
+    }
+
+    async fn size_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(suffix);
+            if let Ok(meta) = std::fs::metadata(PathBuf::from(name)) {
+                total += meta.len();
+            }
+        }
+        Ok(total)
+    }
+
     fn cursor_key(&self) -> &CursorKey {
         &self.cursor_key
     }
