@@ -70,8 +70,18 @@ pub fn public_router(state: AppState) -> Router {
     metrics::handle();
     let (router, openapi) = OpenApiRouter::with_openapi(PublicApi::openapi())
         .routes(routes!(routes::events::list_events))
-        .routes(routes!(routes::events::events_read_only))
-        .routes(routes!(routes::events::event_read_only))
+        .routes(routes!(
+            routes::events::create_event_refused,
+            routes::events::replace_events_refused,
+            routes::events::update_events_refused,
+            routes::events::delete_events_refused
+        ))
+        .routes(routes!(
+            routes::events::post_event_refused,
+            routes::events::replace_event_refused,
+            routes::events::update_event_refused,
+            routes::events::delete_event_refused
+        ))
         .routes(routes!(routes::stream::stream_events))
         .routes(routes!(routes::events::get_event))
         .routes(routes!(routes::event_types::list_event_types))
@@ -98,8 +108,7 @@ pub fn public_router(state: AppState) -> Router {
         .split_for_parts();
     // The document is complete only now; the handler serves it from the state.
     let _ = state.openapi.set(openapi);
-    let router = router
-        .layer(DefaultBodyLimit::max(1024 * 1024));
+    let router = router.layer(DefaultBodyLimit::max(1024 * 1024));
     finish(router, state)
 }
 

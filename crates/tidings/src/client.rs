@@ -54,12 +54,16 @@ impl ApiClient {
     /// Follows `path_and_query` as an SSE stream, calling `on_message` for each message
     /// (until it returns false). Reconnects with `Last-Event-ID` after a dropped connection,
     /// so nothing is missed; gives up after `max_reconnects` failures in a row.
-    pub async fn follow(
+    pub async fn follow<F, Fut>(
         &self,
         path_and_query: &str,
-        mut on_message: impl AsyncFnMut(StreamMessage) -> bool,
+        mut on_message: F,
         max_reconnects: u32,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<()>
+    where
+        F: FnMut(StreamMessage) -> Fut + Send,
+        Fut: Future<Output = bool> + Send,
+    {
         let url = format!("{}{path_and_query}", self.base);
         let mut last_id: Option<String> = None;
         let mut failures = 0;
@@ -153,12 +157,13 @@ pub fn render_events(events: &[Value]) -> String {
 
 pub fn event_line(e: &Value) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let subject = format!("{}:{}", s(&e["subject"]["type"]), s(&e["subject"]["id"]));
+    let actor = format!("{}:{}", s(&e["actor"]["type"]), s(&e["actor"]["id"]));
     format!(
-        "{:<21} {:<16} {:<30} {:<34} {}",
+        "{:<21} {:<16} {:<30} {:<34} {actor}",
         s(&e["created_at"]),
         s(&e["id"]),
         s(&e["type"]),
-        format!("{}:{}", s(&e["subject"]["type"]), s(&e["subject"]["id"])),
-        format!("{}:{}", s(&e["actor"]["type"]), s(&e["actor"]["id"])),
+        subject,
     )
 }

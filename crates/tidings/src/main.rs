@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tidings::client::ApiClient;
 use tidings::emit::{EmitSource, emit, event_from_flags};
 use tidings::server::{RunningServer, ServerConfig};
-use tidings::client::ApiClient;
 use tidings_domain::webhook::{RetrySchedule, SigningSecret};
 use tidings_domain::{OrgId, Scope};
 use tidings_store::{RetentionPolicy, SqliteStore, Store};
@@ -498,7 +498,7 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
             client
                 .follow(
                     &path,
-                    async |m| {
+                    |m| async move {
                         match serde_json::from_str::<serde_json::Value>(&m.data) {
                             Ok(e) if !json => println!("{}", tidings::client::event_line(&e)),
                             _ => println!("{}", m.data),
@@ -522,7 +522,11 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
             SigningSecret::from_random(bytes)
         }
     };
-    println!("Forwarding events to {} signed with {}", args.forward_to, secret.as_str());
+    println!(
+        "Forwarding events to {} signed with {}",
+        args.forward_to,
+        secret.as_str()
+    );
     let sender = tidings_webhooks::WebhookClient::new(true)?;
     let client = ApiClient::new(&args.api.url, &args.api.key);
     let path = format!("/v1/events/stream?{}", query_string(&args.filter.pairs()));
@@ -530,29 +534,34 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     client
         .follow(
             &path,
-            async |m| {
-                let id = m.id.clone().unwrap_or_default();
-                let event: serde_json::Value = serde_json::from_str(&m.data).unwrap_or_default();
-                let outcome = sender
-                    .send(
-                        &forward_to,
-                        &id,
-                        chrono::Utc::now().timestamp(),
-                        m.data.into_bytes(),
-                        std::slice::from_ref(&secret),
-                    )
-                    .await;
-                let result = match (outcome.status_code, outcome.error) {
-                    (Some(s), _) => s.to_string(),
-                    (None, Some(e)) => e.as_str().to_string(),
-                    (None, None) => "no answer".into(),
-                };
-                println!(
-                    "{id} {:<30} -> {result} ({} ms)",
-                    event["type"].as_str().unwrap_or(""),
-                    outcome.duration.as_millis()
-                );
-                true
+            |m| {
+                let (sender, secret, forward_to) =
+                    (sender.clone(), secret.clone(), forward_to.clone());
+                async move {
+                    let id = m.id.clone().unwrap_or_default();
+                    let event: serde_json::Value =
+                        serde_json::from_str(&m.data).unwrap_or_default();
+                    let outcome = sender
+                        .send(
+                            &forward_to,
+                            &id,
+                            chrono::Utc::now().timestamp(),
+                            m.data.into_bytes(),
+                            std::slice::from_ref(&secret),
+                        )
+                        .await;
+                    let result = match (outcome.status_code, outcome.error) {
+                        (Some(s), _) => s.to_string(),
+                        (None, Some(e)) => e.as_str().to_string(),
+                        (None, None) => "no answer".into(),
+                    };
+                    println!(
+                        "{id} {:<30} -> {result} ({} ms)",
+                        event["type"].as_str().unwrap_or(""),
+                        outcome.duration.as_millis()
+                    );
+                    true
+                }
             },
             u32::MAX,
         )

@@ -85,17 +85,24 @@ fn read_only() -> ApiError {
     )
 }
 
-/// Events are produced only by the platform: writes are refused with a 405.
-#[utoipa::path(method(post, put, patch, delete), path = "/v1/events", tag = "events",
-    responses((status = 405, description = "Events are read-only", body = ErrorBody)))]
-pub async fn events_read_only() -> ApiError {
-    read_only()
+/// Declares one refused write (a 405 handler with its own OpenAPI operation).
+macro_rules! refused_write {
+    ($name:ident, $method:ident, $path:literal) => {
+        /// Events are produced only by the platform and never change: refused with a 405.
+        #[utoipa::path($method, path = $path, tag = "events",
+            params(("id" = Option<String>, Path, description = "An event ID, where the path has one")),
+            responses((status = 405, description = "Events are read-only", body = ErrorBody)))]
+        pub async fn $name() -> ApiError {
+            read_only()
+        }
+    };
 }
 
-/// Events are immutable: writes are refused with a 405.
-#[utoipa::path(method(post, put, patch, delete), path = "/v1/events/{id}", tag = "events",
-    params(("id" = String, Path)),
-    responses((status = 405, description = "Events are immutable", body = ErrorBody)))]
-pub async fn event_read_only() -> ApiError {
-    read_only()
-}
+refused_write!(create_event_refused, post, "/v1/events");
+refused_write!(replace_events_refused, put, "/v1/events");
+refused_write!(update_events_refused, patch, "/v1/events");
+refused_write!(delete_events_refused, delete, "/v1/events");
+refused_write!(post_event_refused, post, "/v1/events/{id}");
+refused_write!(replace_event_refused, put, "/v1/events/{id}");
+refused_write!(update_event_refused, patch, "/v1/events/{id}");
+refused_write!(delete_event_refused, delete, "/v1/events/{id}");

@@ -73,7 +73,12 @@ impl Tail {
                 order: Order::Asc,
                 after: Some(self.position),
             };
-            match self.state.store.list_events(&self.tenant, &self.filter, page).await {
+            match self
+                .state
+                .store
+                .list_events(&self.tenant, &self.filter, page)
+                .await
+            {
                 Ok(found) if !found.items.is_empty() => self.buffer.extend(found.items),
                 Ok(_) => {
                     tokio::select! {

@@ -521,7 +521,10 @@ impl Store for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .context("reading the delivery backlog")?;
-            Ok((n.max(0) as u64, oldest.and_then(|t| DateTime::from_timestamp(t, 0))))
+            Ok((
+                n.max(0) as u64,
+                oldest.and_then(|t| DateTime::from_timestamp(t, 0)),
+            ))
         })
         .await
     }
