@@ -1,16 +1,16 @@
 //! The audit log: appended in the same transaction as the action it records, chained per
 //! organization (SPEC §11).
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tidings_domain::Tenant;
 use tidings_domain::audit::{
     AuditActor, AuditContext, AuditEntry, AuditRecord, AuditResource, ChainedRecord,
     PLATFORM_CHAIN, chain_hash,
 };
 use tidings_domain::ids::AuditId;
-use tidings_domain::{Order, Tenant};
 
 use super::events::{corrupt, timestamp};
+use super::list_query::ListQuery;
 use super::writer::{WriterCtx, two_digit_year};
 use crate::audit_types::AuditFilter;
 use crate::error::{Context, StoreError};
@@ -165,57 +165,26 @@ pub(crate) fn list(
         (Tenant::Platform, Some(asked)) => asked.as_str().to_string(),
         (Tenant::Platform, None) => PLATFORM_CHAIN.to_string(),
     };
-    let mut conds = vec!["chain = ?1".to_string()];
-    let mut args: Vec<Value> = vec![Value::Text(chain)];
-    let mut bind = |conds: &mut Vec<String>, sql: &str, v: Value| {
-        args.push(v);
-        conds.push(sql.replace('?', &format!("?{}", args.len())));
-    };
-    if let Some(a) = &filter.actor_id {
-        bind(&mut conds, "actor_id = ?", Value::Text(a.clone()));
+    let mut query = ListQuery::default();
+    query.eq("chain", chain);
+    for (column, value) in [
+        ("actor_id", &filter.actor_id),
+        ("action", &filter.action),
+        ("resource_type", &filter.resource_type),
+        ("resource_id", &filter.resource_id),
+    ] {
+        if let Some(v) = value {
+            query.eq(column, v.clone());
+        }
     }
-    if let Some(a) = &filter.action {
-        bind(&mut conds, "action = ?", Value::Text(a.clone()));
-    }
-    if let Some(t) = &filter.resource_type {
-        bind(&mut conds, "resource_type = ?", Value::Text(t.clone()));
-    }
-    if let Some(r) = &filter.resource_id {
-        bind(&mut conds, "resource_id = ?", Value::Text(r.clone()));
-    }
-    let (from, to) = filter.range.as_unix_seconds();
-    if let Some(f) = from {
-        bind(&mut conds, "created_at >= ?", Value::Integer(f));
-    }
-    if let Some(t) = to {
-        bind(&mut conds, "created_at < ?", Value::Integer(t));
-    }
-    let (dir, cmp) = match page.order {
-        Order::Desc => ("DESC", "seq < ?"),
-        Order::Asc => ("ASC", "seq > ?"),
-    };
-    if let Some(after) = page.after {
-        bind(&mut conds, cmp, Value::Integer(after as i64));
-    }
-    let sql = format!(
-        "SELECT {AUDIT_COLUMNS} FROM audit_records INDEXED BY audit_chain
-         WHERE {} ORDER BY seq {dir} LIMIT {}",
-        conds.join(" AND "),
-        page.limit + 1
-    );
-    let mut stmt = conn
-        .prepare_cached(&sql)
-        .context("preparing the audit list")?;
-    let rows = stmt
-        .query_map(params_from_iter(args.iter()), chained_from_row)
-        .context("listing audit records")?;
-    let mut items = Vec::new();
-    for row in rows {
-        items.push(row.context("reading an audit row")??.record);
-    }
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    Ok(Page { items, has_more })
+    query.created_within(&filter.range);
+    query.page(
+        conn,
+        AUDIT_COLUMNS,
+        "audit_records INDEXED BY audit_chain",
+        page,
+        |row| Ok(chained_from_row(row)?.map(|c| c.record)),
+    )
 }
 
 pub(crate) fn chains(conn: &Connection) -> Result<Vec<String>, StoreError> {

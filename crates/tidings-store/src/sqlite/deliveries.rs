@@ -13,12 +13,13 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tidings_domain::ids::{DeliveryId, WebhookId};
 use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
-use tidings_domain::{EventId, Order, Tenant, TimeRange, TypePattern};
+use tidings_domain::{EventId, Tenant, TimeRange, TypePattern};
 
 use serde_json::json;
 use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
 
 use super::events::{EVENT_COLUMNS, corrupt, event_from_row, insert_events, timestamp};
+use super::list_query::ListQuery;
 use super::webhooks::{find, live_secrets, parse_patterns, webhook_id};
 use super::writer::{WriterCtx, two_digit_year};
 use crate::delivery_types::{
@@ -33,6 +34,48 @@ fn millis(t: DateTime<Utc>) -> i64 {
 
 fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt("timestamp", ms))
+}
+
+/// What fan-out and replay need of an event to route it.
+const ROUTING_COLUMNS: &str = "seq, org, workspace, type, subject_type, subject_id, created_at";
+
+struct RoutedEvent {
+    seq: i64,
+    org: String,
+    workspace: Option<String>,
+    event_type: String,
+    subject_type: String,
+    subject_id: String,
+    created_at: i64,
+}
+
+impl RoutedEvent {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            seq: r.get(0)?,
+            org: r.get(1)?,
+            workspace: r.get(2)?,
+            event_type: r.get(3)?,
+            subject_type: r.get(4)?,
+            subject_id: r.get(5)?,
+            created_at: r.get(6)?,
+        })
+    }
+
+    fn routing(&self) -> EventRouting<'_> {
+        EventRouting {
+            organization_id: &self.org,
+            workspace_id: self.workspace.as_deref(),
+            event_type: &self.event_type,
+            subject_type: &self.subject_type,
+            subject_id: &self.subject_id,
+        }
+    }
+
+    /// The year in the event's ID.
+    fn year(&self) -> Result<u8, StoreError> {
+        Ok(two_digit_year(timestamp(self.created_at)?))
+    }
 }
 
 struct ActiveWebhook {
@@ -89,29 +132,16 @@ pub(crate) fn fan_out(
             |r| r.get(0),
         )
         .context("reading the fan-out cursor")?;
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, org, workspace, type, subject_type, subject_id, created_at FROM events
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )
-        .context("preparing the fan-out read")?;
-    type Row7 = (i64, String, Option<String>, String, String, String, i64);
-    let events: Vec<Row7> = stmt
-        .query_map(params![cursor, max_events as i64], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })
+    let events: Vec<RoutedEvent> = conn
+        .prepare_cached(&format!(
+            "SELECT {ROUTING_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))
+        .context("preparing the fan-out read")?
+        .query_map(params![cursor, max_events as i64], RoutedEvent::from_row)
         .context("reading events to fan out")?
         .collect::<Result<_, _>>()
         .context("reading an event to fan out")?;
-    let Some(last) = events.last().map(|e| e.0) else {
+    let Some(last) = events.last().map(|e| e.seq) else {
         return Ok(FanoutReport::default());
     };
 
@@ -147,35 +177,27 @@ pub(crate) fn fan_out(
     }
 
     let mut created = 0;
-    for (seq, org, workspace, event_type, subject_type, subject_id, created_at) in &events {
-        let Some(hooks) = by_org.get(org) else {
+    for event in &events {
+        let Some(hooks) = by_org.get(&event.org) else {
             continue;
         };
-        let routing = EventRouting {
-            organization_id: org,
-            workspace_id: workspace.as_deref(),
-            event_type,
-            subject_type,
-            subject_id,
-        };
         for hook in hooks {
-            if *seq > hook.start_after_seq
+            if event.seq > hook.start_after_seq
                 && webhook_wants(
                     &hook.id,
-                    org,
+                    &event.org,
                     hook.workspace.as_deref(),
                     &hook.patterns,
-                    &routing,
+                    &event.routing(),
                 )
             {
-                let year = two_digit_year(timestamp(*created_at)?);
                 let now = ctx.now;
                 insert_delivery(
                     conn,
                     ctx,
                     hook.seq,
-                    Some((*seq, year)),
-                    event_type,
+                    Some((event.seq, event.year()?)),
+                    &event.event_type,
                     AttemptTrigger::Scheduled,
                     Some(now),
                     None,
@@ -540,55 +562,25 @@ pub(crate) fn list(
     let Some(_) = find(conn, tenant, webhook)? else {
         return Ok(None);
     };
-    let mut conds = vec!["webhook_seq = ?1".to_string()];
-    let mut args: Vec<Value> = vec![Value::Integer(webhook.number as i64)];
-    let mut bind = |conds: &mut Vec<String>, sql: &str, v: Value| {
-        args.push(v);
-        conds.push(sql.replace('?', &format!("?{}", args.len())));
-    };
+    let mut query = ListQuery::default();
+    query.eq("webhook_seq", webhook.number as i64);
     if let Some(s) = filter.status {
-        bind(&mut conds, "status = ?", Value::Text(s.as_str().into()));
+        query.eq("status", s.as_str().to_string());
     }
     if let Some(e) = filter.event_id {
-        bind(&mut conds, "event_seq = ?", Value::Integer(e.number as i64));
-        bind(&mut conds, "event_year = ?", Value::Integer(e.year as i64));
+        query.eq("event_seq", e.number as i64);
+        query.eq("event_year", e.year as i64);
     }
-    let (from, to) = filter.range.as_unix_seconds();
-    if let Some(from) = from {
-        bind(&mut conds, "created_at >= ?", Value::Integer(from));
-    }
-    if let Some(to) = to {
-        bind(&mut conds, "created_at < ?", Value::Integer(to));
-    }
-    let (dir, cmp) = match page.order {
-        Order::Desc => ("DESC", "seq < ?"),
-        Order::Asc => ("ASC", "seq > ?"),
-    };
-    if let Some(after) = page.after {
-        bind(&mut conds, cmp, Value::Integer(after as i64));
-    }
-    let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries INDEXED BY deliveries_webhook
-         WHERE {} ORDER BY seq {dir} LIMIT {}",
-        conds.join(" AND "),
-        page.limit + 1
-    );
-    let mut stmt = conn
-        .prepare_cached(&sql)
-        .context("preparing the delivery list")?;
-    let rows = stmt
-        .query_map(params_from_iter(args.iter()), |r| {
-            delivery_from_row(r, webhook)
-        })
-        .context("listing deliveries")?;
-    let mut items = Vec::new();
-    for row in rows {
-        items.push(row.context("reading a delivery row")??);
-    }
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    attach_attempts(conn, &mut items)?;
-    Ok(Some(Page { items, has_more }))
+    query.created_within(&filter.range);
+    let mut found = query.page(
+        conn,
+        DELIVERY_COLUMNS,
+        "deliveries INDEXED BY deliveries_webhook",
+        page,
+        |r| delivery_from_row(r, webhook),
+    )?;
+    attach_attempts(conn, &mut found.items)?;
+    Ok(Some(found))
 }
 
 fn get(
@@ -675,48 +667,30 @@ pub(crate) fn replay(
         return Ok(None);
     };
     let (from, to) = range.as_unix_seconds();
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, workspace, type, subject_type, subject_id, created_at FROM events
-             INDEXED BY events_org
-             WHERE org = ?1 AND created_at >= ?2 AND created_at < ?3 ORDER BY seq",
-        )
-        .context("preparing the replay read")?;
     let org = hook.organization_id.as_str().to_string();
-    type Row6 = (i64, Option<String>, String, String, String, i64);
-    let rows: Vec<Row6> = stmt
+    let rows: Vec<RoutedEvent> = conn
+        .prepare_cached(&format!(
+            "SELECT {ROUTING_COLUMNS} FROM events INDEXED BY events_org
+             WHERE org = ?1 AND created_at >= ?2 AND created_at < ?3 ORDER BY seq"
+        ))
+        .context("preparing the replay read")?
         .query_map(
             params![org, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
+            RoutedEvent::from_row,
         )
         .context("reading events to replay")?
         .collect::<Result<_, _>>()
         .context("reading an event to replay")?;
     let id = hook.id.to_string();
-    let wanted: Vec<&Row6> = rows
+    let wanted: Vec<&RoutedEvent> = rows
         .iter()
-        .filter(|(_, ws, t, st, sid, _)| {
+        .filter(|e| {
             webhook_wants(
                 &id,
                 &org,
                 hook.workspace_id.as_ref().map(|w| w.as_str()),
                 &hook.event_types,
-                &EventRouting {
-                    organization_id: &org,
-                    workspace_id: ws.as_deref(),
-                    event_type: t,
-                    subject_type: st,
-                    subject_id: sid,
-                },
+                &e.routing(),
             )
         })
         .collect();
@@ -727,14 +701,13 @@ pub(crate) fn replay(
         });
     }
     let now = ctx.now;
-    for (seq, _, event_type, _, _, created_at) in &wanted {
-        let year = two_digit_year(timestamp(*created_at)?);
+    for event in &wanted {
         insert_delivery(
             conn,
             ctx,
             webhook.number as i64,
-            Some((*seq, year)),
-            event_type,
+            Some((event.seq, event.year()?)),
+            &event.event_type,
             AttemptTrigger::Replay,
             Some(now),
             None,

@@ -19,6 +19,7 @@ use serde_json::json;
 use tidings_domain::OrgId;
 use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
 
+use super::list_query::{ListQuery, into_page};
 use super::writer::{WriterCtx, two_digit_year};
 use crate::error::{Context, StoreError};
 use crate::{Page, PageRequest};
@@ -127,36 +128,27 @@ pub(crate) fn list_events(
         return Ok(empty());
     }
 
-    let mut conds: Vec<String> = Vec::new();
-    let mut args: Vec<Value> = Vec::new();
-    let mut bind = |conds: &mut Vec<String>, sql: &str, v: Value| {
-        args.push(v);
-        conds.push(sql.replace('?', &format!("?{}", args.len())));
-    };
+    let mut query = ListQuery::default();
     if let Some(org) = org {
-        bind(&mut conds, "org = ?", Value::Text(org.into()));
+        query.eq("org", org.to_string());
     }
     if let Some(ws) = &filter.workspace_id {
-        bind(&mut conds, "workspace = ?", Value::Text(ws.as_str().into()));
+        query.eq("workspace", ws.as_str().to_string());
     }
     if let Some(t) = &filter.subject_type {
-        bind(
-            &mut conds,
-            "subject_type = ?",
-            Value::Text(t.as_str().into()),
-        );
+        query.eq("subject_type", t.as_str().to_string());
     }
     if let Some(t) = &filter.subject_id {
-        bind(&mut conds, "subject_id = ?", Value::Text(t.as_str().into()));
+        query.eq("subject_id", t.as_str().to_string());
     }
     if let Some(t) = &filter.actor_id {
-        bind(&mut conds, "actor_id = ?", Value::Text(t.as_str().into()));
+        query.eq("actor_id", t.as_str().to_string());
     }
     if lo > 0 {
-        bind(&mut conds, "seq >= ?", Value::Integer(lo as i64));
+        query.cond("seq >= ?", Value::Integer(lo as i64));
     }
     if let Some(hi) = hi {
-        bind(&mut conds, "seq < ?", Value::Integer(hi as i64));
+        query.cond("seq < ?", Value::Integer(hi as i64));
     }
 
     let index = if org.is_some() && filter.subject_id.is_some() {
@@ -175,37 +167,24 @@ pub(crate) fn list_events(
         Order::Asc => "ASC",
     };
     let fetch = page.limit as i64 + 1;
-
     let type_conds: Vec<String> = filter
         .types
         .iter()
-        .map(|p| {
-            match p {
-                TypePattern::All => None,
-                TypePattern::Exact(t) => {
-                    args.push(Value::Text(t.as_str().into()));
-                    Some(format!("type = ?{}", args.len()))
-                }
-                TypePattern::Prefix(prefix) => {
-                    // `domain.` .. `domain/`: '/' is the byte after '.'.
-                    args.push(Value::Text(prefix.clone()));
-                    args.push(Value::Text(format!("{}/", &prefix[..prefix.len() - 1])));
-                    Some(format!(
-                        "(type >= ?{} AND type < ?{})",
-                        args.len() - 1,
-                        args.len()
-                    ))
-                }
-            }
+        .filter_map(|p| match p {
+            TypePattern::All => None,
+            TypePattern::Exact(t) => Some(format!(
+                "type = {}",
+                query.bind(Value::Text(t.as_str().into()))
+            )),
+            // `domain.` .. `domain/`: '/' is the byte after '.'.
+            TypePattern::Prefix(prefix) => Some(format!(
+                "(type >= {} AND type < {})",
+                query.bind(Value::Text(prefix.clone())),
+                query.bind(Value::Text(format!("{}/", &prefix[..prefix.len() - 1])))
+            )),
         })
-        .collect::<Option<Vec<_>>>()
-        .unwrap_or_default();
-
-    let base = if conds.is_empty() {
-        "1".to_string()
-    } else {
-        conds.join(" AND ")
-    };
+        .collect();
+    let base = query.conditions();
     let sql = if index == "events_org_type" && type_conds.len() > 1 {
         // One in-order range scan per type, merged.
         let branches: Vec<String> = type_conds
@@ -236,15 +215,13 @@ pub(crate) fn list_events(
         .prepare_cached(&sql)
         .context("preparing an event query")?;
     let rows = stmt
-        .query_map(params_from_iter(args.iter()), event_from_row)
+        .query_map(params_from_iter(query.args().iter()), event_from_row)
         .context("querying events")?;
     let mut items = Vec::with_capacity(fetch as usize);
     for row in rows {
         items.push(row.context("reading an event row")??);
     }
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    Ok(Page { items, has_more })
+    Ok(into_page(items, page.limit))
 }
 
 pub(crate) fn get_event(

@@ -9,6 +9,7 @@ mod audit;
 mod deliveries;
 mod events;
 mod keys;
+mod list_query;
 mod retention;
 mod schema;
 mod webhooks;

@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use tidings_domain::ids::WebhookId;
 use tidings_domain::webhook::{SigningSecret, Webhook};
 use tidings_domain::{OrgId, Tenant, TypePattern};
@@ -13,6 +12,7 @@ use serde_json::json;
 use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
 
 use super::events::{corrupt, timestamp};
+use super::list_query::ListQuery;
 use super::writer::{WriterCtx, two_digit_year};
 use crate::delivery_types::{NewWebhook, WebhookUpdate};
 use crate::error::{Context, StoreError};
@@ -179,38 +179,11 @@ pub(crate) fn list(
         (Tenant::Org(mine), _) => Some(mine.as_str().to_string()),
         (Tenant::Platform, asked) => asked.map(|o| o.as_str().to_string()),
     };
-    let mut conds = vec!["1".to_string()];
-    let mut args: Vec<Value> = Vec::new();
+    let mut query = ListQuery::default();
     if let Some(org) = org {
-        args.push(Value::Text(org));
-        conds.push(format!("org = ?{}", args.len()));
+        query.eq("org", org);
     }
-    let (dir, cmp) = match page.order {
-        tidings_domain::Order::Desc => ("DESC", "<"),
-        tidings_domain::Order::Asc => ("ASC", ">"),
-    };
-    if let Some(after) = page.after {
-        args.push(Value::Integer(after as i64));
-        conds.push(format!("seq {cmp} ?{}", args.len()));
-    }
-    let sql = format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE {} ORDER BY seq {dir} LIMIT {}",
-        conds.join(" AND "),
-        page.limit + 1
-    );
-    let mut stmt = conn
-        .prepare_cached(&sql)
-        .context("preparing the webhook list")?;
-    let rows = stmt
-        .query_map(params_from_iter(args.iter()), webhook_from_row)
-        .context("listing webhooks")?;
-    let mut items = Vec::new();
-    for row in rows {
-        items.push(row.context("reading a webhook row")??);
-    }
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    Ok(Page { items, has_more })
+    query.page(conn, WEBHOOK_COLUMNS, "webhooks", page, webhook_from_row)
 }
 
 pub(crate) fn update(
