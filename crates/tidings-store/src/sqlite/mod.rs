@@ -5,6 +5,7 @@
 //! one fsync. `synchronous=FULL` makes a commit survive a power cut, and the 201 is sent only
 //! after it. Reads run on a small pool of their own connections, off the async runtime.
 
+mod baseline;
 mod read;
 mod schema;
 mod writer;
@@ -24,6 +25,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Context, StoreError};
 use crate::{Page, PageRequest, Store};
 use writer::WriteOp;
+
+pub use baseline::RawSqliteBaseline;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "tidings.db";

@@ -5,6 +5,7 @@ mod harness;
 mod process;
 
 mod bad_input;
+mod bench_smoke;
 mod cli;
 mod durability;
 mod events_filters;
