@@ -56,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub events: u64,
     /// Events sent one per request.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub single_events: u64,
     /// Concurrent producers sending one event per request.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -603,16 +603,15 @@ async fn query_shapes(
         with(&[("order", "asc")]),
     ));
 
+    let urls = shapes
+        .iter()
+        .map(|s| Url::parse_with_params(&base, &s.params).context("building a query URL"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sampled = sample_queries(&client, &key, &urls, args.query_samples).await?;
     let mut results = Vec::new();
-    for QueryShape {
-        name: shape,
-        description,
-        params,
-    } in shapes
-    {
-        let url = Url::parse_with_params(&base, &params).context("building a query URL")?;
-        let result = sample_query(&client, &key, url, args.query_samples).await?;
-        let query = params
+    for (shape, (latency, rows)) in shapes.into_iter().zip(sampled) {
+        let query = shape
+            .params
             .iter()
             .map(|(k, v)| match k.as_str() {
                 "cursor" => format!("{k}=…"),
@@ -621,16 +620,16 @@ async fn query_shapes(
             .collect::<Vec<_>>()
             .join("&");
         eprintln!(
-            "bench: query {shape}: p50 {:.2} ms, p99 {:.2} ms, {} rows",
-            result.0.p50, result.0.p99, result.1
+            "bench: query {}: p50 {:.2} ms, p99 {:.2} ms, {rows} rows",
+            shape.name, latency.p50, latency.p99
         );
         results.push(QueryResult {
-            shape: shape.to_string(),
-            description,
+            shape: shape.name.to_string(),
+            description: shape.description,
             query,
             samples: args.query_samples,
-            rows: result.1,
-            latency_ms: result.0,
+            rows,
+            latency_ms: latency,
         });
     }
     Ok(results)
@@ -672,36 +671,50 @@ async fn follow_cursors(
     Ok((followed, cursor))
 }
 
-/// Latency of `samples` sequential requests (after a few untimed ones) and the number of
-/// events in a response.
-async fn sample_query(
+/// Latency of `samples` requests to each URL, one request at a time, after a few untimed
+/// ones; and the number of events in each URL's response. The URLs take turns, so that a
+/// passing disturbance of the machine spreads over every shape instead of hitting one.
+async fn sample_queries(
     client: &reqwest::Client,
     key: &str,
-    url: Url,
+    urls: &[Url],
     samples: u64,
-) -> anyhow::Result<(Latency, usize)> {
-    let first = get_page(client, key, url.clone()).await?;
-    let rows = first["data"].as_array().map_or(0, Vec::len);
-    for _ in 1..QUERY_WARMUP {
-        get_page(client, key, url.clone()).await?;
-    }
-    let mut latencies = Vec::with_capacity(samples as usize);
-    for _ in 0..samples {
-        let started = Instant::now();
-        let response = client
-            .get(url.clone())
-            .bearer_auth(key)
-            .send()
-            .await
-            .context("sending a query")?;
-        let status = response.status();
-        let body = response.bytes().await.context("reading a query response")?;
-        latencies.push(started.elapsed());
-        if status != StatusCode::OK {
-            bail!("{url} answered {status}: {}", excerpt(&body));
+) -> anyhow::Result<Vec<(Latency, usize)>> {
+    let mut rows = Vec::with_capacity(urls.len());
+    for url in urls {
+        let first = get_page(client, key, url.clone()).await?;
+        rows.push(first["data"].as_array().map_or(0, Vec::len));
+        for _ in 1..QUERY_WARMUP {
+            get_page(client, key, url.clone()).await?;
         }
     }
-    Ok((Latency::of(&mut latencies), rows))
+    let mut latencies = vec![Vec::with_capacity(samples as usize); urls.len()];
+    eprintln!(
+        "bench: query, {} shapes, {samples} samples each",
+        urls.len()
+    );
+    for _ in 0..samples {
+        for (url, latencies) in urls.iter().zip(&mut latencies) {
+            let started = Instant::now();
+            let response = client
+                .get(url.clone())
+                .bearer_auth(key)
+                .send()
+                .await
+                .context("sending a query")?;
+            let status = response.status();
+            let body = response.bytes().await.context("reading a query response")?;
+            latencies.push(started.elapsed());
+            if status != StatusCode::OK {
+                bail!("{url} answered {status}: {}", excerpt(&body));
+            }
+        }
+    }
+    Ok(latencies
+        .iter_mut()
+        .map(|l| Latency::of(l))
+        .zip(rows)
+        .collect())
 }
 
 async fn get_page(client: &reqwest::Client, key: &str, url: Url) -> anyhow::Result<Value> {
