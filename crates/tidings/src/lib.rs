@@ -1,7 +1,8 @@
-//! The `tidings` binary's building blocks: the server wiring, key management, `emit` and the
-//! demo producer. `main.rs` only parses the command line and calls into these.
+//! The `tidings` binary's building blocks: the server wiring, key management, `emit`, the
+//! demo producer and the benchmark. `main.rs` only parses the command line and calls into these.
 
 pub mod audit;
+pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod emit;

@@ -45,6 +45,8 @@ enum Command {
     },
     /// Send events to the ingest port.
     Emit(EmitArgs),
+    /// Measure ingest, query latency and footprint on temporary embedded stores.
+    Bench(tidings::bench::BenchArgs),
     /// Read events from a running server: list, get, or follow (tail).
     Events {
         #[command(subcommand)]
@@ -311,9 +313,9 @@ struct EmitArgs {
     idempotency_key: Option<String>,
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: &str, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -333,7 +335,12 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<SqliteStore> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    // The bench starts servers of its own: their info lines would only clutter its progress.
+    let default_level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    init_logging(&cli.log_format, default_level);
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -352,6 +359,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Verify { org, store },
         } => audit_verify(org, store).await,
+        Command::Bench(args) => tidings::bench::run(args).await,
         Command::Emit(args) => {
             let source = if let Some(path) = args.file {
                 EmitSource::Json(path)

@@ -6,6 +6,7 @@
 //! after it. Reads run on a small pool of their own connections, off the async runtime.
 
 mod audit;
+mod baseline;
 mod deliveries;
 mod events;
 mod keys;
@@ -43,6 +44,8 @@ use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
 use crate::{Page, PageRequest, Store};
 use writer::{Job, WriterCtx};
+
+pub use baseline::RawSqliteBaseline;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "tidings.db";

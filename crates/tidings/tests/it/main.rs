@@ -7,6 +7,7 @@ mod receiver;
 
 mod audit;
 mod bad_input;
+mod bench_smoke;
 mod cli;
 mod durability;
 mod events_filters;

@@ -1,0 +1,131 @@
+//! Raw SQLite with the store's own schema and connection settings, and nothing else: the
+//! baseline `tidings bench` measures ingest against.
+//!
+//! It exists so that the baseline cannot drift from the real store: the file is created by
+//! the same migrations and opened with the same pragmas (WAL, `synchronous=FULL`), and rows
+//! land in the same `events` table with all its indexes. What it leaves out is everything
+//! the store adds on top: HTTP, validation, the writer thread, idempotency and workspace
+//! lookups, savepoints. Not for production use.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use tidings_domain::NewEvent;
+
+use super::{open_connection, schema};
+use crate::error::{Context, StoreError};
+
+/// A bare database file with the store's schema, written one plain transaction at a time.
+pub struct RawSqliteBaseline {
+    conn: Connection,
+    last_seq: u64,
+}
+
+impl RawSqliteBaseline {
+    /// Creates (or opens) the database file at `path` and applies the store's migrations.
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = open_connection(path)?;
+        schema::migrate(&mut conn)?;
+        let last_seq: i64 = conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
+            .context("reading the last event number")?;
+        Ok(Self {
+            conn,
+            last_seq: last_seq as u64,
+        })
+    }
+
+    /// Inserts `events` in one transaction (one fsync at commit), numbering them after the
+    /// last row and stamping them `created_at` (unix seconds). No checks of any kind.
+    pub fn insert_transaction(
+        &mut self,
+        events: &[NewEvent],
+        created_at: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("starting a baseline transaction")?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id,
+                                         subject_type, subject_id, payload, created_at,
+                                         idempotency_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .context("preparing the baseline insert")?;
+            for (i, e) in events.iter().enumerate() {
+                insert
+                    .execute(params![
+                        (self.last_seq + 1 + i as u64) as i64,
+                        e.organization_id.as_str(),
+                        e.workspace_id.as_ref().map(|w| w.as_str()),
+                        e.event_type.as_str(),
+                        e.actor.actor_type.as_str(),
+                        e.actor.id.as_str(),
+                        e.subject.subject_type.as_str(),
+                        e.subject.id.as_str(),
+                        e.payload,
+                        created_at,
+                        e.idempotency_key,
+                    ])
+                    .context("inserting a baseline row")?;
+            }
+        }
+        tx.commit().context("committing a baseline transaction")?;
+        self.last_seq += events.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tidings_domain::{Catalog, EventFilter, IngestFormat, Order, Tenant, parse_ingest_body};
+
+    use super::*;
+    use crate::sqlite::{DATABASE_FILE, SqliteStore};
+    use crate::{PageRequest, Store};
+
+    /// The baseline writes rows the real store reads back: same schema, same columns.
+    #[tokio::test]
+    async fn baseline_rows_are_readable_by_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = br#"{"events": [
+            {"type": "invoice.paid", "organization_id": "ORG-26-090500",
+             "workspace_id": "WS-26-000021", "actor": {"type": "system", "id": "billing"},
+             "subject": {"type": "invoice", "id": "INV-26-000001"}, "payload": {"amount": 1}},
+            {"type": "task.created", "organization_id": "ORG-26-090500",
+             "actor": {"type": "user", "id": "USR-26-000001"},
+             "subject": {"type": "task", "id": "TSK-26-000001"}, "payload": {},
+             "idempotency_key": "k1"}]}"#;
+        let events = parse_ingest_body(body, IngestFormat::Json, &Catalog::builtin()).unwrap();
+        let mut baseline = RawSqliteBaseline::create(&dir.path().join(DATABASE_FILE)).unwrap();
+        baseline.insert_transaction(&events, 1_776_153_600).unwrap();
+        baseline
+            .insert_transaction(&events[..1], 1_776_153_601)
+            .unwrap();
+        drop(baseline);
+
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let filter = EventFilter {
+            organization_id: Some("ORG-26-090500".parse().unwrap()),
+            ..EventFilter::default()
+        };
+        let page = store
+            .list_events(
+                &Tenant::Platform,
+                &filter,
+                PageRequest {
+                    limit: 10,
+                    order: Order::Asc,
+                    after: None,
+                },
+            )
+            .await
+            .unwrap();
+        let ids: Vec<String> = page.items.iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(ids, ["EVT-26-000001", "EVT-26-000002", "EVT-26-000003"]);
+        assert_eq!(page.items[1].event_type.as_str(), "task.created");
+    }
+}
