@@ -52,11 +52,13 @@ impl ApiClient {
     }
 
     /// Follows `path_and_query` as an SSE stream, calling `on_message` for each message
-    /// (until it returns false). Reconnects with `Last-Event-ID` after a dropped connection,
-    /// so nothing is missed; gives up after `max_reconnects` failures in a row.
+    /// (until it returns false). Starts after `start_after` (an event id) if given, else
+    /// at the newest event. Reconnects with `Last-Event-ID` after a dropped connection, so
+    /// nothing is missed; gives up after `max_reconnects` failures in a row.
     pub async fn follow<F, Fut>(
         &self,
         path_and_query: &str,
+        start_after: Option<String>,
         mut on_message: F,
         max_reconnects: u32,
     ) -> anyhow::Result<()>
@@ -65,7 +67,7 @@ impl ApiClient {
         Fut: Future<Output = bool> + Send,
     {
         let url = format!("{}{path_and_query}", self.base);
-        let mut last_id: Option<String> = None;
+        let mut last_id: Option<String> = start_after;
         let mut failures = 0;
         loop {
             let mut request = self

@@ -506,6 +506,7 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
             client
                 .follow(
                     &path,
+                    None,
                     |m| async move {
                         match serde_json::from_str::<serde_json::Value>(&m.data) {
                             Ok(e) if !json => println!("{}", tidings::client::event_line(&e)),
@@ -542,6 +543,7 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     client
         .follow(
             &path,
+            None,
             |m| {
                 let (sender, secret, forward_to) =
                     (sender.clone(), secret.clone(), forward_to.clone());

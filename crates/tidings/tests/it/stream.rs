@@ -18,11 +18,13 @@ use crate::receiver::Receiver;
 const ORG: &str = "ORG-26-090500";
 const OTHER: &str = "ORG-26-090501";
 
-/// Follows a stream in the background, collecting messages; stops after `n`.
+/// Follows a stream in the background from after event `start_after` (deterministic, unlike
+/// "from whatever is newest when the connection lands"), collecting messages; stops after `n`.
 fn follow(
     app: &TestApp,
     key: &str,
     query: &str,
+    start_after: Option<String>,
     n: usize,
 ) -> (Arc<Mutex<Vec<StreamMessage>>>, tokio::task::JoinHandle<()>) {
     let got: Arc<Mutex<Vec<StreamMessage>>> = Arc::default();
@@ -33,6 +35,7 @@ fn follow(
         let _ = client
             .follow(
                 &path,
+                start_after,
                 |m| {
                     let sink = Arc::clone(&sink);
                     async move {
@@ -58,9 +61,8 @@ async fn wait_len(got: &Arc<Mutex<Vec<StreamMessage>>>, n: usize) -> Vec<StreamM
     got.lock().unwrap().clone()
 }
 
-/// Waits until the stream is connected (its gauge would do too; an event round trip is
-/// simpler): an event of another organization is ingested until the stream is known to be
-/// past its start position.
+/// Gives a stream that starts "at the newest event" time to connect, where a test only
+/// checks that nothing arrives.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
@@ -69,15 +71,17 @@ async fn settle() {
 async fn new_matching_events_arrive_in_order_and_others_do_not() {
     let app = TestApp::spawn().await;
     let key = app.org_key(ORG, &[Scope::EventsRead]).await;
-    app.ingest(&[event(ORG, json!({"type": "invoice.paid"}))])
-        .await; // before: not streamed
+    // Recorded before the start position: not streamed.
+    let before = app
+        .ingest(&[event(ORG, json!({"type": "invoice.paid"}))])
+        .await;
     let (got, task) = follow(
         &app,
         &key,
         &format!("organization_id={ORG}&type=invoice.*"),
+        before[0]["id"].as_str().map(str::to_string),
         20,
     );
-    settle().await;
     let mut expected = Vec::new();
     for i in 0..10 {
         let recorded = app
@@ -209,7 +213,7 @@ async fn streams_are_isolated_by_organization_and_validate_their_filters() {
         assert_eq!(s, status, "{query}");
     }
     // A workspace of another organization yields nothing for this key.
-    let (got, task) = follow(&app, &key, "workspace_id=WS-26-000031", 1);
+    let (got, task) = follow(&app, &key, "workspace_id=WS-26-000031", None, 1);
     settle().await;
     app.ingest(&[event(OTHER, json!({"workspace_id": "WS-26-000031"}))])
         .await;
@@ -303,19 +307,40 @@ async fn listen_forwards_signed_events_to_a_local_endpoint() {
         .find(|w| w.starts_with("whsec_"))
         .expect("the secret is printed")
         .to_string();
-    settle().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The listener starts at the newest event once connected: probe until it forwards.
+    let mut probes = 0;
+    while receiver.deliveries().is_empty() {
+        assert!(probes < 100, "the listener never forwarded anything");
+        app.ingest(&[event(ORG, json!({"type": "invoice.finalized"}))])
+            .await;
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let forwarded_probes = receiver.deliveries().len();
+    while rx.try_recv().is_ok() {}
     let recorded = app
         .ingest(&[
             event(ORG, json!({"type": "invoice.paid"})),
             event(ORG, json!({"type": "task.created"})),
         ])
         .await;
-    let got = receiver.wait_for(1, Duration::from_secs(20)).await;
+    let got = receiver
+        .wait_for(forwarded_probes + 1, Duration::from_secs(20))
+        .await;
     let status_line = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_all = receiver.deliveries();
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(got.len(), 1, "only the filtered type is forwarded");
+    let got = &got[forwarded_probes..];
+    assert_eq!(got.len(), 1);
+    assert!(
+        got_all
+            .iter()
+            .all(|r| r.json()["type"].as_str().unwrap().starts_with("invoice.")),
+        "only the filtered types are forwarded"
+    );
     assert_eq!(
         got[0].header("webhook-id"),
         recorded[0]["id"].as_str().unwrap()
