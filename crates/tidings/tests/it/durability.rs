@@ -100,7 +100,7 @@ async fn acknowledged_events_survive_sigkill_and_retries_do_not_duplicate() {
         }));
     }
     // Let a good number of batches through, then pull the plug mid-stream.
-    for _ in 0..600 {
+    for _ in 0..3_000 {
         if acked.lock().unwrap().len() >= 2_000 {
             break;
         }
