@@ -128,3 +128,84 @@ async fn emit_sends_events_from_flags_files_and_ndjson() {
     assert!(!ok);
     assert!(err.contains("422") && err.contains("invoice.nope"), "{err}");
 }
+
+#[tokio::test]
+async fn events_list_and_get_read_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path());
+    let ingest = create_key(dir.path(), &["--platform", "--scopes", "events:ingest"]);
+    let key = create_key(
+        dir.path(),
+        &["--org", "ORG-26-090500", "--scopes", "events:read"],
+    );
+    let (ok, out, err) = tidings(&[
+        "emit",
+        "--ingest-url",
+        &server.ingest,
+        "--key",
+        &ingest,
+        "--type",
+        "invoice.paid",
+        "--org",
+        "ORG-26-090500",
+        "--actor",
+        "system:billing",
+        "--subject",
+        "invoice:INV-26-000009",
+    ]);
+    assert!(ok, "{err}");
+    let recorded: Value = serde_json::from_str(out.trim()).unwrap();
+    let id = recorded["id"].as_str().unwrap();
+
+    let (ok, table, err) = tidings(&[
+        "events",
+        "list",
+        "--url",
+        &server.public,
+        "--key",
+        &key,
+        "--org",
+        "ORG-26-090500",
+        "--type",
+        "invoice.*",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains(id) && table.contains("invoice:INV-26-000009"),
+        "{table}"
+    );
+    let (ok, json, _) = tidings(&[
+        "events",
+        "list",
+        "--url",
+        &server.public,
+        "--key",
+        &key,
+        "--org",
+        "ORG-26-090500",
+        "--json",
+    ]);
+    assert!(ok);
+    let page: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(page["data"][0]["id"], id);
+
+    let (ok, one, _) = tidings(&["events", "get", id, "--url", &server.public, "--key", &key]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&one).unwrap(), recorded);
+    // Errors carry the API's message and a failing exit code.
+    let (ok, _, err) = tidings(&[
+        "events",
+        "list",
+        "--url",
+        &server.public,
+        "--key",
+        &key,
+        "--org",
+        "ORG-26-090501",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("403") && err.contains("another organization"),
+        "{err}"
+    );
+}
