@@ -126,14 +126,14 @@ pub fn serialize_opt_timestamp<S: serde::Serializer>(
 }
 
 /// A validated event a producer asked to record; the store assigns `id` and `created_at`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_type: EventType,
     pub organization_id: OrgId,
     pub workspace_id: Option<WorkspaceId>,
     pub actor: Actor,
     pub subject: Subject,
-    /// The payload as compact JSON text (always an object).
-    pub payload: String,
+    /// The payload as compact JSON (always an object).
+    pub payload: Box<RawValue>,
     pub idempotency_key: Option<String>,
 }

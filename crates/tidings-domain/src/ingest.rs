@@ -270,22 +270,24 @@ fn validate_event(
     };
 
     let payload = match obj.remove("payload") {
-        Some(v @ Value::Object(_)) => {
-            // Serializing a `Value` cannot fail: its keys are strings.
-            let text = serde_json::to_string(&v).unwrap_or_default();
-            if text.len() > MAX_PAYLOAD_BYTES {
+        Some(v @ Value::Object(_)) => match serde_json::value::to_raw_value(&v) {
+            // Serialized once, here: the store and every reader reuse this text as is.
+            Ok(raw) if raw.get().len() > MAX_PAYLOAD_BYTES => {
                 problem(
                     "payload",
                     format!(
                         "is {} bytes serialized; the limit is {MAX_PAYLOAD_BYTES}",
-                        text.len()
+                        raw.get().len()
                     ),
                 );
                 None
-            } else {
-                Some(text)
             }
-        }
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                problem("payload", format!("cannot be serialized: {e}"));
+                None
+            }
+        },
         None => {
             problem("payload", "is required (send {} for no data)".into());
             None

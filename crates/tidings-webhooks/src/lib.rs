@@ -149,7 +149,7 @@ fn system_event(
             subject_type: "webhook".parse::<Token>().ok()?,
             id: webhook.parse::<Token>().ok()?,
         },
-        payload: payload.to_string(),
+        payload: serde_json::value::to_raw_value(&payload).ok()?,
         idempotency_key: None,
     })
 }

@@ -295,7 +295,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.len(), 1000);
-        let avg: usize = parsed.iter().map(|e| e.payload.len()).sum::<usize>() / parsed.len();
+        let avg: usize = parsed.iter().map(|e| e.payload.get().len()).sum::<usize>() / parsed.len();
         assert!((150..700).contains(&avg), "average payload {avg} bytes");
         let seed_org = events
             .iter()

@@ -66,7 +66,7 @@ impl RawSqliteBaseline {
                         e.actor.id.as_str(),
                         e.subject.subject_type.as_str(),
                         e.subject.id.as_str(),
-                        e.payload,
+                        e.payload.get(),
                         created_at,
                         e.idempotency_key,
                     ])

@@ -270,7 +270,8 @@ pub(crate) fn insert_events(
         .prepare_cached(
             "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
                                  subject_id, payload, created_at, idempotency_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (org, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         )
         .context("preparing the event insert")?;
 
@@ -280,17 +281,6 @@ pub(crate) fn insert_events(
     let mut problems = Vec::new();
     for (index, e) in events.iter().enumerate() {
         let org = e.organization_id.as_str();
-        if let Some(key) = &e.idempotency_key {
-            // Also finds an event recorded earlier in this same transaction.
-            let existing = find_key
-                .query_row(params![org, key], event_from_row)
-                .optional()
-                .context("looking up an idempotency key")?;
-            if let Some(existing) = existing {
-                recorded.push(existing?);
-                continue;
-            }
-        }
         if let Some(ws) = &e.workspace_id {
             let ws = ws.as_str();
             let owner = match ctx.workspace_owner(ws) {
@@ -316,7 +306,7 @@ pub(crate) fn insert_events(
             }
         }
         let seq = ctx.next_id(conn, "EVT")?;
-        insert
+        let inserted = insert
             .execute(params![
                 seq as i64,
                 org,
@@ -326,13 +316,22 @@ pub(crate) fn insert_events(
                 e.actor.id.as_str(),
                 e.subject.subject_type.as_str(),
                 e.subject.id.as_str(),
-                e.payload,
+                e.payload.get(),
                 created_at.timestamp(),
                 e.idempotency_key,
             ])
             .context("inserting an event")?;
-        let payload = RawValue::from_string(e.payload.clone())
-            .map_err(|err| StoreError::Corrupt(format!("payload is not JSON: {err}")))?;
+        if inserted == 0 {
+            // The idempotency key was used before in this organization (maybe earlier in
+            // this transaction): answer with the event first recorded. Trying the insert
+            // first spares new events (the common case) a lookup.
+            ctx.unmint("EVT");
+            let existing = find_key
+                .query_row(params![org, e.idempotency_key], event_from_row)
+                .context("looking up an idempotency key")??;
+            recorded.push(existing);
+            continue;
+        }
         recorded.push(Event {
             id: EventId::new(year, seq),
             event_type: e.event_type.clone(),
@@ -340,7 +339,7 @@ pub(crate) fn insert_events(
             workspace_id: e.workspace_id.clone(),
             actor: e.actor.clone(),
             subject: e.subject.clone(),
-            payload,
+            payload: e.payload.clone(),
             created_at,
         });
     }
