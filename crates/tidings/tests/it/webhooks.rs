@@ -760,3 +760,47 @@ sys.exit(0 if result == expect else 1)
     check(&got[1], &new, false, "verified");
     check(&got[1], &new, true, "rejected");
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_for_five_days_is_disabled() {
+    // The manual clock drives the store and the dispatcher: five days pass in an instant.
+    let app = TestApp::spawn_with(crate::harness::Options {
+        allow_private_webhooks: true,
+        retry_schedule: "1h",
+        ..crate::harness::Options::default()
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let key = writer_key(&app, ORG).await;
+    let (hook, _) = create_webhook(&app, &key, &receiver.url, json!(["*"])).await;
+    let id = hook["id"].as_str().unwrap();
+    receiver.set_plan(Plan::Status(500, None));
+    app.ingest(&[event(ORG, json!({}))]).await;
+    receiver.wait_for(1, WAIT).await;
+    // Let the failed attempt be recorded before the clock jumps.
+    wait_for_log(&app, &key, id, |l| {
+        l.first()
+            .is_some_and(|d| d["attempts"].as_array().is_some_and(|a| a.len() == 1))
+    })
+    .await;
+    app.clock
+        .advance(chrono::Duration::days(5) + chrono::Duration::hours(2));
+    app.ingest(&[event(ORG, json!({}))]).await; // wakes the dispatcher
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut current = Value::Null;
+    while std::time::Instant::now() < deadline {
+        current = app.get(&key, &format!("/v1/webhooks/{id}")).await.1;
+        if current["status"] == "disabled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(current["status"], "disabled", "{current}");
+    assert!(
+        current["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("5 days"),
+        "{current}"
+    );
+}
