@@ -187,10 +187,6 @@ impl TimeRange {
         };
         (self.from.map(ceil), self.to.map(ceil))
     }
-
-    pub fn contains(&self, t: DateTime<Utc>) -> bool {
-        self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|to| t < to)
-    }
 }
 
 /// RFC 3339 (offsets allowed) or a plain date meaning 00:00:00 UTC.
@@ -348,26 +344,6 @@ impl EventFilter {
             from.map(|s| s.to_string()).unwrap_or_default(),
             to.map(|s| s.to_string()).unwrap_or_default(),
         )
-    }
-
-    /// Whether an event matches, for in-memory checks (the stream, tests).
-    pub fn matches(&self, e: &crate::event::Event) -> bool {
-        self.organization_id
-            .as_ref()
-            .is_none_or(|o| *o == e.organization_id)
-            && self
-                .workspace_id
-                .as_ref()
-                .is_none_or(|w| Some(w) == e.workspace_id.as_ref())
-            && (self.types.is_empty()
-                || self.types.iter().any(|p| p.matches(e.event_type.as_str())))
-            && self
-                .subject_type
-                .as_ref()
-                .is_none_or(|t| *t == e.subject.subject_type)
-            && self.subject_id.as_ref().is_none_or(|t| *t == e.subject.id)
-            && self.actor_id.as_ref().is_none_or(|t| *t == e.actor.id)
-            && self.range.contains(e.created_at)
     }
 }
 
