@@ -115,7 +115,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=1_000))]
     pub fanout_endpoints: u64,
     /// Events ingested in each fan-out run; each goes to every endpoint.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub fanout_events: u64,
     /// Events recorded before the fan-out runs' healthy webhooks exist: the dead endpoint
     /// (subscribed already) owes them all, as one that has been down for a while would.
