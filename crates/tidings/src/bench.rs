@@ -18,19 +18,35 @@
 //!   document uses, one request at a time with an organization read key.
 //! - **Footprint**: bytes on disk per event (database plus WAL file) and the peak resident
 //!   memory of the whole process (server, client and pre-generated bodies together).
+//! - **Webhook delivery** (issue 6), last, on fresh stores of servers that may deliver to
+//!   127.0.0.1, to real HTTP endpoints inside the bench process (axum, one listener per
+//!   endpoint, answering the verification challenge and then 200 at once). Events are
+//!   ingested through the ingest API, all in the seed organization, and every webhook is
+//!   subscribed to `*` there. The receiver notes when each (endpoint, `webhook-id`) first
+//!   arrived; latency runs from the `201` of the event's batch to that moment, and a run
+//!   lasts from the first ingest request to the last delivery. Four runs: one endpoint
+//!   with ingest as fast as it goes (deliveries per second); the same endpoint with ingest
+//!   paced at a steady rate (latency); `--fanout-endpoints` endpoints, all healthy; and
+//!   the same with one of them dead (it passes verification, then holds every delivery
+//!   past the 15 s timeout), measuring the healthy ones only. Every expected delivery is
+//!   checked to arrive exactly once: missing, duplicate and stray deliveries are counted,
+//!   and a run waits at most `--delivery-deadline` for its deliveries.
 //!
 //! Progress goes to stderr; the results go to stdout as a table, or as JSON with `--json`.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::body::Bytes;
+use axum::extract::{Path as AxumPath, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::{StatusCode, Url, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tidings_domain::{Catalog, IngestFormat, NewEvent, OrgId, Scope, parse_ingest_body};
 use tidings_store::sqlite::{DATABASE_FILE, RawSqliteBaseline};
@@ -82,6 +98,37 @@ pub struct BenchArgs {
     /// Seed of the event generator; the same seed gives the same events.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Events ingested (batches of 100, `--batch-producers` producers) as fast as the server
+    /// takes them, each delivered to one healthy webhook: the delivery throughput scenario.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub delivery_events: u64,
+    /// Target ingest rate of the steady-rate latency scenario (events per second).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub paced_rate: u64,
+    /// Events per request in the steady-rate scenario (10 at 1,000/s: a request every 10 ms).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub paced_batch: u64,
+    /// How long the steady-rate scenario ingests, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub paced_seconds: f64,
+    /// Webhooks of the fan-out scenarios (all healthy, then one of them dead).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..=1_000))]
+    pub fanout_endpoints: u64,
+    /// Events ingested in each fan-out run; each goes to every endpoint.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fanout_events: u64,
+    /// Events recorded before the fan-out runs' healthy webhooks exist: the dead endpoint
+    /// (subscribed already) owes them all, as one that has been down for a while would.
+    /// The all-healthy run records them too, with no webhook, so that both stores match.
+    #[arg(long, default_value_t = 20_000)]
+    pub dead_backlog: u64,
+    /// Longest wait, in seconds after the last ingest, for a scenario's deliveries; what
+    /// has not arrived by then is reported as missing.
+    #[arg(long, default_value_t = 120.0)]
+    pub delivery_deadline: f64,
+    /// Run only the webhook delivery scenarios (skip ingest, baseline and queries).
+    #[arg(long)]
+    pub delivery_only: bool,
     /// Where the temporary stores are created (and removed afterwards). Defaults to the
     /// system's temporary directory; put it on the disk you mean to measure.
     #[arg(long)]
@@ -95,14 +142,85 @@ pub struct BenchArgs {
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub settings: Settings,
+    /// Empty with `--delivery-only`, like `query`; `baseline`, `batch_1000_to_baseline` and
+    /// `storage` are then `null`.
     pub ingest: Vec<IngestResult>,
-    pub baseline: BaselineResult,
+    pub baseline: Option<BaselineResult>,
     /// Events/s of the batch-1,000 scenario divided by the baseline's.
-    pub batch_1000_to_baseline: f64,
+    pub batch_1000_to_baseline: Option<f64>,
     pub query: Vec<QueryResult>,
-    pub storage: StorageResult,
+    pub storage: Option<StorageResult>,
+    pub delivery: DeliveryReport,
     /// Peak resident memory of the bench process (VmHWM), when the platform reports it.
     pub peak_memory_bytes: Option<u64>,
+}
+
+/// The store scenarios: ingest, the baseline, queries and the footprint.
+struct StoreFigures {
+    ingest: Vec<IngestResult>,
+    baseline: BaselineResult,
+    batch_1000_to_baseline: f64,
+    query: Vec<QueryResult>,
+    storage: StorageResult,
+}
+
+/// The webhook delivery scenarios (issue 6).
+#[derive(Debug, Serialize)]
+pub struct DeliveryReport {
+    /// One healthy endpoint, events ingested as fast as the server takes them.
+    pub throughput: DeliveryResult,
+    /// One healthy endpoint, events ingested at a steady rate.
+    pub paced: DeliveryResult,
+    /// Every endpoint healthy.
+    pub fanout_healthy: DeliveryResult,
+    /// The same with one endpoint that never answers; figures of the healthy ones only.
+    pub fanout_one_dead: DeliveryResult,
+    /// `1 - fanout_one_dead / fanout_healthy` deliveries per second: the share of their
+    /// delivery rate the healthy endpoints lose to one dead endpoint (negative: none).
+    pub dead_endpoint_cost: f64,
+    /// Peak resident memory during the delivery scenarios (VmHWM, reset before them
+    /// through `/proc/self/clear_refs`); `None` when the reset is not possible.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// One delivery scenario's figures. Latencies run from the moment the `201` of an event's
+/// ingest request arrived to the moment the receiver got the event's first delivery.
+#[derive(Debug, Serialize)]
+pub struct DeliveryResult {
+    /// `throughput`, `paced`, `fanout_healthy` or `fanout_one_dead`.
+    pub scenario: String,
+    /// Healthy endpoints measured (one webhook each).
+    pub endpoints: u64,
+    /// Endpoints that never answer (not measured).
+    pub dead_endpoints: u64,
+    /// Deliveries the dead endpoint owed before the run (`--dead-backlog` events); 0 with
+    /// no dead endpoint.
+    pub dead_backlog: u64,
+    pub events: u64,
+    /// Events per ingest request (the largest request, when there were fewer events).
+    pub batch_size: u64,
+    /// Target ingest rate (events/s) of a paced scenario; `None` when ingest is unpaced.
+    pub target_events_per_second: Option<f64>,
+    /// Rate at which the ingest API took the events (first request sent to last `201`).
+    pub ingest_events_per_second: f64,
+    /// `events × endpoints`.
+    pub expected: u64,
+    /// Distinct (endpoint, event) pairs received.
+    pub delivered: u64,
+    pub missing: u64,
+    /// Deliveries of a pair received before, counted beyond the first.
+    pub duplicates: u64,
+    /// Deliveries of events that this scenario did not ingest.
+    pub unexpected: u64,
+    /// Deliveries that arrived before their batch's `201` (their latency counts as 0).
+    pub before_ack: u64,
+    /// Whether the deadline passed before every expected delivery arrived.
+    pub timed_out: bool,
+    /// From the first ingest request to the last delivery received.
+    pub seconds: f64,
+    /// `delivered / seconds`.
+    pub deliveries_per_second: f64,
+    pub latency_ms: Latency,
 }
 
 #[derive(Debug, Serialize)]
@@ -221,9 +339,53 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
     eprintln!("bench: temporary stores in {}", work.path().display());
 
+    let store = if args.delivery_only {
+        None
+    } else {
+        Some(store_scenarios(work.path(), args).await?)
+    };
+    // The delivery scenarios run last: attempts to their dead endpoint may still be
+    // waiting for their timeout when they finish, and must not disturb another scenario.
+    let peak_before_delivery = peak_memory_bytes();
+    let delivery = delivery_scenarios(work.path(), args).await?;
+    let peak_memory_bytes = match (peak_before_delivery, delivery.peak_memory_bytes) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let (ingest, baseline, batch_1000_to_baseline, query, storage) = match store {
+        Some(f) => (
+            f.ingest,
+            Some(f.baseline),
+            Some(f.batch_1000_to_baseline),
+            f.query,
+            Some(f.storage),
+        ),
+        None => (Vec::new(), None, None, Vec::new(), None),
+    };
+    Ok(BenchReport {
+        settings: Settings {
+            seed: args.seed,
+            organizations: args.orgs,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            store_events: args.events,
+            page_limit: args.page_limit,
+            query_samples: args.query_samples,
+        },
+        ingest,
+        baseline,
+        batch_1000_to_baseline,
+        query,
+        storage,
+        delivery,
+        peak_memory_bytes,
+    })
+}
+
+/// Ingest scenarios, the baseline and the queries, each on a fresh store under `work`.
+async fn store_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<StoreFigures> {
     let mut ingest = Vec::new();
     let (result, server) = ingest_scenario(
-        &work.path().join("batch-1"),
+        &work.join("batch-1"),
         1,
         args.single_producers,
         args.single_events,
@@ -234,7 +396,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     ingest.push(result);
 
     let (result, server) = ingest_scenario(
-        &work.path().join("batch-100"),
+        &work.join("batch-100"),
         100,
         args.batch_producers,
         args.batch_100_events,
@@ -245,7 +407,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     ingest.push(result);
 
     let load_started = Utc::now();
-    let query_store = work.path().join("batch-1000");
+    let query_store = work.join("batch-1000");
     let (result, server) =
         ingest_scenario(&query_store, 1000, args.batch_producers, args.events, args).await?;
     let load_finished = Utc::now();
@@ -256,7 +418,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let query = query_shapes(&server, args, load_started, load_finished).await?;
     server.shutdown().await;
 
-    let baseline_file = work.path().join("baseline").join(DATABASE_FILE);
+    let baseline_file = work.join("baseline").join(DATABASE_FILE);
     let (baseline, baseline_sizes) = {
         let args = args.clone();
         tokio::task::spawn_blocking(move || raw_sqlite_baseline(&baseline_file, &args))
@@ -265,15 +427,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     };
 
     let per_event = |bytes: u64| bytes as f64 / args.events as f64;
-    Ok(BenchReport {
-        settings: Settings {
-            seed: args.seed,
-            organizations: args.orgs,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            store_events: args.events,
-            page_limit: args.page_limit,
-            query_samples: args.query_samples,
-        },
+    Ok(StoreFigures {
         batch_1000_to_baseline: batch_1000_rate / baseline.events_per_second,
         ingest,
         baseline,
@@ -287,7 +441,6 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             baseline_bytes_per_event: per_event(baseline_sizes.total()),
             baseline_wal_bytes: baseline_sizes.wal,
         },
-        peak_memory_bytes: peak_memory_bytes(),
     })
 }
 
@@ -327,7 +480,7 @@ async fn ingest_scenario(
         .build()
         .context("building the HTTP client")?;
     let mut generator = EventGenerator::new(args.seed, args.orgs as usize);
-    let progress = Progress::start(label, events);
+    let progress = Progress::start(label, events, "events");
     let chunk = (CHUNK_EVENTS / batch_size).max(1) * batch_size;
     let mut sent = 0;
     let mut requests = 0;
@@ -464,7 +617,7 @@ fn raw_sqlite_baseline(
         .with_context(|| format!("creating the baseline database {}", file.display()))?;
     let catalog = Catalog::builtin();
     let mut generator = EventGenerator::new(args.seed, args.orgs as usize);
-    let progress = Progress::start("baseline".into(), args.events);
+    let progress = Progress::start("baseline".into(), args.events, "events");
     let mut inserting = Duration::ZERO;
     let mut left = args.events;
     while left > 0 {
@@ -730,6 +883,699 @@ async fn get_page(client: &reqwest::Client, key: &str, url: Url) -> anyhow::Resu
     serde_json::from_slice(&body).with_context(|| format!("{url} answered with invalid JSON"))
 }
 
+// ---------------------------------------------------------------------------------------
+// Webhook delivery (issue 6)
+// ---------------------------------------------------------------------------------------
+
+/// Events per ingest request in the delivery throughput and fan-out scenarios.
+const DELIVERY_BATCH: u64 = 100;
+/// How long the dead endpoint holds a delivery before answering: past the sender's 15 s
+/// timeout ([`tidings_domain::webhook::ATTEMPT_TIMEOUT`]), so it never answers in time.
+const DEAD_ENDPOINT_HOLD: Duration = Duration::from_secs(20);
+/// Most paced ingest requests in flight at once; beyond it the pace slips (and the achieved
+/// rate in the report shows it) rather than requests piling up without bound.
+const PACED_MAX_IN_FLIGHT: usize = 64;
+/// How often the bench looks whether the expected deliveries have arrived.
+const DELIVERY_POLL: Duration = Duration::from_millis(10);
+/// Extra wait after the last expected delivery, so that late duplicates are counted.
+const DELIVERY_SETTLE: Duration = Duration::from_millis(250);
+
+/// The delivery scenarios, each on a fresh store under `work` with the webhooks pointing at
+/// a receiver inside this process. Every generated event belongs to the seed organization,
+/// so a webhook subscribed to `*` in it receives every event.
+async fn delivery_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<DeliveryReport> {
+    let peak_reset = reset_peak_memory();
+    let deadline = Duration::try_from_secs_f64(args.delivery_deadline)
+        .context("--delivery-deadline must be a non-negative number of seconds")?;
+    if !(args.paced_seconds > 0.0 && args.paced_seconds.is_finite()) {
+        bail!("--paced-seconds must be a positive number");
+    }
+    let receiver = WebhookReceiver::start(args.fanout_endpoints as u32).await?;
+
+    // One endpoint: throughput, then latency at a steady rate, on the same store.
+    let mut rig = DeliveryRig::start(&work.join("delivery"), args).await?;
+    rig.add_webhook(&receiver.url(0)).await?;
+    rig.endpoints = 1;
+    let mut generator = EventGenerator::new(args.seed, 1);
+    eprintln!(
+        "bench: delivery, 1 endpoint, {} events in batches of {DELIVERY_BATCH} from {} producers",
+        grouped(args.delivery_events),
+        args.batch_producers
+    );
+    let batches = generate_batches(&mut generator, args.delivery_events, DELIVERY_BATCH)?;
+    let ingested = rig
+        .ingest_concurrently(batches, args.batch_producers)
+        .await?;
+    let throughput = rig
+        .collect("throughput", &receiver, ingested, None, deadline)
+        .await;
+
+    let batches_needed = (args.paced_rate as f64 * args.paced_seconds / args.paced_batch as f64)
+        .ceil()
+        .max(1.0) as u64;
+    let interval = Duration::from_secs_f64(args.paced_batch as f64 / args.paced_rate as f64);
+    eprintln!(
+        "bench: delivery, 1 endpoint, paced: {} events/s ({} events every {:.1} ms) for {} s",
+        grouped(args.paced_rate),
+        args.paced_batch,
+        interval.as_secs_f64() * 1e3,
+        args.paced_seconds
+    );
+    let batches = generate_batches(
+        &mut generator,
+        batches_needed * args.paced_batch,
+        args.paced_batch,
+    )?;
+    let ingested = rig.ingest_paced(batches, interval).await?;
+    let paced = rig
+        .collect(
+            "paced",
+            &receiver,
+            ingested,
+            Some(args.paced_rate as f64),
+            deadline,
+        )
+        .await;
+    rig.server.shutdown().await;
+
+    // Many endpoints: all healthy, then the same with the first one dead. The healthy run
+    // goes first, so that the dead endpoint's attempts (still waiting for their timeout
+    // when their run ends) cannot slow it down. Both stores first record the backlog
+    // events; in the dead run the dead endpoint is subscribed already and owes them all.
+    let mut fanout = Vec::new();
+    for dead in [false, true] {
+        let name = if dead {
+            "fanout_one_dead"
+        } else {
+            "fanout_healthy"
+        };
+        let healthy = args.fanout_endpoints as u32 - u32::from(dead);
+        eprintln!(
+            "bench: delivery, {} endpoints ({}), {} events each",
+            args.fanout_endpoints,
+            if dead {
+                format!(
+                    "the first one dead, owing {} backlog events",
+                    grouped(args.dead_backlog)
+                )
+            } else {
+                "all healthy".to_string()
+            },
+            grouped(args.fanout_events)
+        );
+        let mut rig = DeliveryRig::start(&work.join(name), args).await?;
+        let mut generator = EventGenerator::new(args.seed, 1);
+        if dead {
+            rig.add_webhook(&receiver.dead_url()).await?;
+            rig.dead = true;
+        }
+        if args.dead_backlog > 0 {
+            let batches = generate_batches(&mut generator, args.dead_backlog, DELIVERY_BATCH)?;
+            rig.ingest_concurrently(batches, args.batch_producers)
+                .await?;
+            rig.drain_fan_out().await?;
+            rig.dead_backlog = args.dead_backlog;
+        }
+        for n in 0..healthy {
+            rig.add_webhook(&receiver.url(n)).await?;
+        }
+        rig.endpoints = healthy;
+        let batches = generate_batches(&mut generator, args.fanout_events, DELIVERY_BATCH)?;
+        let ingested = rig
+            .ingest_concurrently(batches, args.batch_producers)
+            .await?;
+        fanout.push(rig.collect(name, &receiver, ingested, None, deadline).await);
+        rig.server.shutdown().await;
+    }
+    let (Some(fanout_one_dead), Some(fanout_healthy)) = (fanout.pop(), fanout.pop()) else {
+        bail!("the fan-out runs did not both report");
+    };
+    let dead_endpoint_cost =
+        1.0 - fanout_one_dead.deliveries_per_second / fanout_healthy.deliveries_per_second;
+    eprintln!(
+        "bench:   a dead endpoint costs the healthy ones {:.1} % of their delivery rate \
+         ({} requests reached it)",
+        dead_endpoint_cost * 100.0,
+        receiver.state.dead_requests.load(Ordering::Relaxed)
+    );
+    receiver.stop();
+    Ok(DeliveryReport {
+        throughput,
+        paced,
+        fanout_healthy,
+        fanout_one_dead,
+        dead_endpoint_cost,
+        peak_memory_bytes: if peak_reset {
+            peak_memory_bytes()
+        } else {
+            None
+        },
+    })
+}
+
+/// A server with webhooks to the bench's receiver, and a producer key for it.
+struct DeliveryRig {
+    server: RunningServer,
+    client: reqwest::Client,
+    ingest_url: String,
+    ingest_key: String,
+    admin_key: String,
+    /// Healthy endpoints `0..endpoints` (paths `/hook/{n}`) are measured.
+    endpoints: u32,
+    /// Whether a webhook to the dead endpoint exists too.
+    dead: bool,
+    /// Events the dead endpoint owed when the measured run began.
+    dead_backlog: u64,
+}
+
+/// What one scenario's ingest produced: when it started and ended, and when each event's
+/// `201` arrived.
+struct Ingested {
+    started: Instant,
+    finished: Instant,
+    /// Events in the largest request.
+    batch_size: u64,
+    acks: HashMap<String, Instant>,
+}
+
+impl DeliveryRig {
+    /// Starts a server on a fresh store in `data_dir` that may deliver to 127.0.0.1, with a
+    /// producer key and a webhook administrator key for the seed organization. It has no
+    /// webhooks yet: see [`DeliveryRig::add_webhook`].
+    async fn start(data_dir: &Path, args: &BenchArgs) -> anyhow::Result<Self> {
+        let mut config = ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", data_dir.to_path_buf());
+        config.allow_private_webhooks = true;
+        let server = RunningServer::start(&config).await?;
+        let (_, ingest_key) = crate::keys::create(
+            server.store.as_ref(),
+            None,
+            vec![Scope::EventsIngest],
+            Some("bench producer".into()),
+            None,
+        )
+        .await?;
+        let org: OrgId = SEED_ORG
+            .parse()
+            .map_err(|e: tidings_domain::IdError| anyhow::anyhow!(e.0))?;
+        let (_, admin_key) = crate::keys::create(
+            server.store.as_ref(),
+            Some(org),
+            vec![Scope::WebhooksWrite, Scope::WebhooksRead],
+            Some("bench webhook admin".into()),
+            // The bench measures delivery, not the per-key limit.
+            Some(1_000_000),
+        )
+        .await?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host((args.batch_producers as usize).max(PACED_MAX_IN_FLIGHT))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            ingest_url: format!("http://{}/internal/v1/events", server.ingest_addr),
+            server,
+            client,
+            ingest_key,
+            admin_key,
+            endpoints: 0,
+            dead: false,
+            dead_backlog: 0,
+        })
+    }
+
+    /// Creates a webhook to `url` subscribed to `*` in the seed organization, through the
+    /// API (so it passes the verification challenge first); fails unless it is `active`.
+    /// It receives the events recorded from now on.
+    async fn add_webhook(&self, url: &str) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .post(format!("http://{}/v1/webhooks", self.server.public_addr))
+            .bearer_auth(&self.admin_key)
+            .json(&json!({"url": url, "event_types": ["*"], "description": "bench"}))
+            .send()
+            .await
+            .context("creating a webhook")?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .context("reading a webhook creation response")?;
+        if status != StatusCode::CREATED {
+            bail!("creating a webhook answered {status}: {}", excerpt(&body));
+        }
+        let created: Value =
+            serde_json::from_slice(&body).context("reading a webhook creation response")?;
+        if created["status"] != "active" {
+            bail!("the webhook to {url} is not active: {}", excerpt(&body));
+        }
+        Ok(())
+    }
+
+    /// Fans out every event recorded so far (beside the dispatcher, which may be doing the
+    /// same: each pass reads and advances the shared cursor in one transaction).
+    async fn drain_fan_out(&self) -> anyhow::Result<()> {
+        const PASS: usize = 1_000;
+        for _ in 0..100_000 {
+            let report = self
+                .server
+                .store
+                .fan_out(PASS)
+                .await
+                .context("fanning out the backlog")?;
+            if report.events_scanned < PASS {
+                return Ok(());
+            }
+        }
+        bail!("the fan-out did not catch up with the backlog")
+    }
+
+    /// Sends every batch, `producers` requests at a time, as fast as they are acknowledged.
+    async fn ingest_concurrently(
+        &self,
+        batches: Vec<Batch>,
+        producers: u64,
+    ) -> anyhow::Result<Ingested> {
+        let batch_size = batches.iter().map(|b| b.events).max().unwrap_or(0);
+        let batches = Arc::new(batches);
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = JoinSet::new();
+        for _ in 0..producers {
+            let (client, url, key) = (
+                self.client.clone(),
+                self.ingest_url.clone(),
+                self.ingest_key.clone(),
+            );
+            let (batches, next) = (Arc::clone(&batches), Arc::clone(&next));
+            tasks.spawn(async move {
+                let mut acks = Vec::new();
+                while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    acks.push(ingest_acknowledged(&client, &url, &key, batch.body.clone()).await?);
+                }
+                anyhow::Ok(acks)
+            });
+        }
+        let mut acks = HashMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            for (ids, at) in joined.context("a producer task failed")?? {
+                acks.extend(ids.into_iter().map(|id| (id, at)));
+            }
+        }
+        Ok(Ingested {
+            started,
+            finished: Instant::now(),
+            batch_size,
+            acks,
+        })
+    }
+
+    /// Sends one batch every `interval` (open loop: a slow answer does not delay the next
+    /// request), with at most [`PACED_MAX_IN_FLIGHT`] requests outstanding.
+    async fn ingest_paced(
+        &self,
+        batches: Vec<Batch>,
+        interval: Duration,
+    ) -> anyhow::Result<Ingested> {
+        let batch_size = batches.iter().map(|b| b.events).max().unwrap_or(0);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = Instant::now();
+        let mut tasks = JoinSet::new();
+        let mut acks = HashMap::new();
+        let mut add = |joined: Result<anyhow::Result<(Vec<String>, Instant)>, _>| {
+            let (ids, at) = joined.context("a paced request failed")??;
+            acks.extend(ids.into_iter().map(|id| (id, at)));
+            anyhow::Ok(())
+        };
+        for batch in batches {
+            tick.tick().await;
+            while tasks.len() >= PACED_MAX_IN_FLIGHT {
+                if let Some(joined) = tasks.join_next().await {
+                    add(joined)?;
+                }
+            }
+            let (client, url, key) = (
+                self.client.clone(),
+                self.ingest_url.clone(),
+                self.ingest_key.clone(),
+            );
+            tasks.spawn(async move { ingest_acknowledged(&client, &url, &key, batch.body).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            add(joined)?;
+        }
+        Ok(Ingested {
+            started,
+            finished: Instant::now(),
+            batch_size,
+            acks,
+        })
+    }
+
+    /// Waits (up to `deadline` after the last ingest) for every ingested event to reach
+    /// every measured endpoint, then takes the receiver's log and computes the figures.
+    async fn collect(
+        &self,
+        scenario: &str,
+        receiver: &WebhookReceiver,
+        ingested: Ingested,
+        target_rate: Option<f64>,
+        deadline: Duration,
+    ) -> DeliveryResult {
+        let expected = ingested.acks.len() as u64 * u64::from(self.endpoints);
+        let progress = Progress::start(scenario.to_string(), expected, "deliveries");
+        let give_up = ingested.finished + deadline;
+        let mut complete = false;
+        let mut checked = None;
+        loop {
+            let distinct = receiver.state.distinct.load(Ordering::Relaxed);
+            progress.done.store(distinct, Ordering::Relaxed);
+            // Unexpected deliveries count in `distinct` too: check exactly before stopping,
+            // and again only once more has arrived (the check holds the receiver's lock).
+            if distinct >= expected && checked != Some(distinct) {
+                checked = Some(distinct);
+                if receiver.missing(&ingested.acks, self.endpoints) == 0 {
+                    complete = true;
+                    break;
+                }
+            }
+            if Instant::now() >= give_up {
+                break;
+            }
+            tokio::time::sleep(DELIVERY_POLL).await;
+        }
+        drop(progress);
+        if complete {
+            tokio::time::sleep(DELIVERY_SETTLE).await;
+        }
+        let log = receiver.take_log();
+        let mut result = delivery_figures(scenario, &log, &ingested, self.endpoints, target_rate);
+        result.timed_out = !complete;
+        result.dead_endpoints = u64::from(self.dead);
+        result.dead_backlog = if self.dead { self.dead_backlog } else { 0 };
+        eprintln!(
+            "bench:   {} deliveries/s, p50 {:.2} ms, p99 {:.2} ms; {} of {} delivered, \
+             {} duplicates{}",
+            grouped(result.deliveries_per_second as u64),
+            result.latency_ms.p50,
+            result.latency_ms.p99,
+            grouped(result.delivered),
+            grouped(result.expected),
+            result.duplicates,
+            if result.timed_out {
+                " (deadline passed)"
+            } else {
+                ""
+            }
+        );
+        result
+    }
+}
+
+/// The `201` body of the ingest API, as far as the bench needs it.
+#[derive(Deserialize)]
+struct IngestAck {
+    data: Vec<AckedEvent>,
+}
+
+#[derive(Deserialize)]
+struct AckedEvent {
+    id: String,
+}
+
+/// Sends one ingest request; returns the recorded events' IDs and when the `201` arrived.
+async fn ingest_acknowledged(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: Bytes,
+) -> anyhow::Result<(Vec<String>, Instant)> {
+    let response = client
+        .post(url)
+        .bearer_auth(key)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .context("sending an ingest request")?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .context("reading an ingest response")?;
+    let at = Instant::now();
+    if status != StatusCode::CREATED {
+        bail!("ingest answered {status}: {}", excerpt(&body));
+    }
+    let ack: IngestAck =
+        serde_json::from_slice(&body).context("reading the events of an ingest response")?;
+    Ok((ack.data.into_iter().map(|e| e.id).collect(), at))
+}
+
+/// The figures of one scenario from the receiver's log: every (endpoint, event) pair of
+/// the measured endpoints counted once, its latency from the event's `201` to its first
+/// receipt, duplicates and strays counted apart.
+fn delivery_figures(
+    scenario: &str,
+    log: &[HashMap<String, Receipt>],
+    ingested: &Ingested,
+    endpoints: u32,
+    target_rate: Option<f64>,
+) -> DeliveryResult {
+    let events = ingested.acks.len() as u64;
+    let expected = events * u64::from(endpoints);
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let (mut delivered, mut duplicates, mut unexpected, mut before_ack) = (0, 0, 0, 0);
+    let mut last = ingested.started;
+    for (n, receipts) in log.iter().enumerate() {
+        let measured = (n as u64) < u64::from(endpoints);
+        for (id, receipt) in receipts {
+            match ingested.acks.get(id) {
+                Some(ack) if measured => {
+                    delivered += 1;
+                    duplicates += u64::from(receipt.count - 1);
+                    last = last.max(receipt.first);
+                    if receipt.first < *ack {
+                        before_ack += 1;
+                    }
+                    latencies.push(receipt.first.saturating_duration_since(*ack));
+                }
+                _ => unexpected += u64::from(receipt.count),
+            }
+        }
+    }
+    let seconds = last
+        .saturating_duration_since(ingested.started)
+        .as_secs_f64();
+    let ingest_seconds = ingested
+        .finished
+        .saturating_duration_since(ingested.started)
+        .as_secs_f64();
+    let rate = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    DeliveryResult {
+        scenario: scenario.to_string(),
+        endpoints: u64::from(endpoints),
+        dead_endpoints: 0,
+        dead_backlog: 0,
+        events,
+        batch_size: ingested.batch_size,
+        target_events_per_second: target_rate,
+        ingest_events_per_second: rate(events, ingest_seconds),
+        expected,
+        delivered,
+        missing: expected - delivered,
+        duplicates,
+        unexpected,
+        before_ack,
+        timed_out: false,
+        seconds,
+        deliveries_per_second: rate(delivered, seconds),
+        latency_ms: Latency::of(&mut latencies),
+    }
+}
+
+/// The first receipt of one (endpoint, event) pair, and how many times it came.
+#[derive(Debug, Clone, Copy)]
+struct Receipt {
+    first: Instant,
+    count: u32,
+}
+
+/// What the receiver has seen. `log[n]` holds endpoint `n`'s receipts by event ID.
+#[derive(Default)]
+struct ReceiverState {
+    log: Mutex<Vec<HashMap<String, Receipt>>>,
+    /// Distinct (endpoint, event) pairs in `log`.
+    distinct: AtomicU64,
+    /// Deliveries that reached the dead endpoint (which answers none of them in time).
+    dead_requests: AtomicU64,
+}
+
+impl ReceiverState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HashMap<String, Receipt>>> {
+        // A panic while holding the lock leaves a log that is still consistent.
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Customers' endpoints, inside the bench process: healthy endpoints `0..n`, each on a
+/// listener of its own (the webhook client pools connections per host and port, as it
+/// would for separate customers), answering 2xx at once and recording when each event
+/// arrived; and one dead endpoint that passes the verification challenge and then holds
+/// every delivery past the sender's timeout.
+struct WebhookReceiver {
+    healthy: Vec<SocketAddr>,
+    dead: SocketAddr,
+    state: Arc<ReceiverState>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl WebhookReceiver {
+    async fn start(endpoints: u32) -> anyhow::Result<Self> {
+        let state = Arc::new(ReceiverState::default());
+        *state.lock() = vec![HashMap::new(); endpoints as usize];
+        let app = axum::Router::new()
+            .route("/hook/{n}", axum::routing::post(healthy_endpoint))
+            .route("/dead", axum::routing::post(dead_endpoint))
+            .with_state(Arc::clone(&state));
+        let mut addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..=endpoints {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding a webhook receiver")?;
+            addrs.push(
+                listener
+                    .local_addr()
+                    .context("reading a webhook receiver's address")?,
+            );
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    eprintln!("bench: a webhook receiver stopped: {e}");
+                }
+            }));
+        }
+        let dead = addrs.pop().context("the receiver has no listener")?;
+        Ok(Self {
+            healthy: addrs,
+            dead,
+            state,
+            tasks,
+        })
+    }
+
+    /// The URL of healthy endpoint `n`.
+    fn url(&self, n: u32) -> String {
+        format!("http://{}/hook/{n}", self.healthy[n as usize])
+    }
+
+    fn dead_url(&self) -> String {
+        format!("http://{}/dead", self.dead)
+    }
+
+    /// Expected (endpoint, event) pairs not received yet.
+    fn missing(&self, acks: &HashMap<String, Instant>, endpoints: u32) -> u64 {
+        let log = self.state.lock();
+        log.iter()
+            .take(endpoints as usize)
+            .map(|received| acks.keys().filter(|id| !received.contains_key(*id)).count() as u64)
+            .sum::<u64>()
+            + u64::from(endpoints).saturating_sub(log.len() as u64) * acks.len() as u64
+    }
+
+    /// The log so far; the receiver starts a fresh one.
+    fn take_log(&self) -> Vec<HashMap<String, Receipt>> {
+        let mut log = self.state.lock();
+        let taken = log.iter_mut().map(std::mem::take).collect();
+        self.state.distinct.store(0, Ordering::Relaxed);
+        taken
+    }
+
+    /// Stops accepting connections (requests under way finish on their own).
+    fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The answer to a verification challenge (`{"type": "webhook.verification", ...}`), or
+/// `None` for a delivery. Only bodies that mention it are parsed, to keep deliveries cheap.
+fn verification_answer(body: &[u8]) -> Option<String> {
+    const MARKER: &[u8] = b"webhook.verification";
+    if !body.windows(MARKER.len()).any(|w| w == MARKER) {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(body).ok()?;
+    if value["type"] != "webhook.verification" {
+        return None;
+    }
+    Some(json!({ "challenge": value["challenge"] }).to_string())
+}
+
+/// A healthy endpoint: records the delivery's first receipt per event ID and answers 200.
+async fn healthy_endpoint(
+    State(state): State<Arc<ReceiverState>>,
+    AxumPath(n): AxumPath<u32>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let at = Instant::now();
+    if let Some(answer) = verification_answer(&body) {
+        return (StatusCode::OK, answer).into_response();
+    }
+    let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) else {
+        return (StatusCode::BAD_REQUEST, "no webhook-id").into_response();
+    };
+    let mut log = state.lock();
+    let Some(received) = log.get_mut(n as usize) else {
+        return (StatusCode::NOT_FOUND, "no such endpoint").into_response();
+    };
+    match received.get_mut(id) {
+        Some(receipt) => receipt.count += 1,
+        None => {
+            received.insert(
+                id.to_string(),
+                Receipt {
+                    first: at,
+                    count: 1,
+                },
+            );
+            state.distinct.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (StatusCode::OK, "ok").into_response()
+}
+
+/// The dead endpoint: passes the verification challenge, then never answers a delivery in
+/// time.
+async fn dead_endpoint(
+    State(state): State<Arc<ReceiverState>>,
+    body: Bytes,
+) -> (StatusCode, String) {
+    if let Some(answer) = verification_answer(&body) {
+        return (StatusCode::OK, answer);
+    }
+    state.dead_requests.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(DEAD_ENDPOINT_HOLD).await;
+    (StatusCode::OK, "too late".into())
+}
+
+/// Resets the process's peak resident memory (VmHWM) on Linux, so that the next reading
+/// covers only what follows. Returns whether it worked.
+fn reset_peak_memory() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Sizes of a SQLite database file and of its WAL file (0 if there is none).
 fn file_sizes(database: &Path) -> anyhow::Result<FileSizes> {
     let size = |path: &Path| -> anyhow::Result<u64> {
@@ -759,14 +1605,14 @@ fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned()
 }
 
-/// Prints "events done so far" on stderr every few seconds until dropped.
+/// Prints "events (or other `unit`s) done so far" on stderr every few seconds until dropped.
 struct Progress {
     done: Arc<AtomicU64>,
     ticker: JoinHandle<()>,
 }
 
 impl Progress {
-    fn start(label: String, total: u64) -> Self {
+    fn start(label: String, total: u64, unit: &'static str) -> Self {
         let done = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&done);
         let ticker = tokio::spawn(async move {
@@ -778,7 +1624,7 @@ impl Progress {
                 let n = counter.load(Ordering::Relaxed);
                 let rate = n as f64 / started.elapsed().as_secs_f64();
                 eprintln!(
-                    "bench:   {label}: {} / {} events ({} events/s wall clock so far)",
+                    "bench:   {label}: {} / {} {unit} ({} {unit}/s wall clock so far)",
                     grouped(n),
                     grouped(total),
                     grouped(rate as u64)
@@ -816,6 +1662,36 @@ fn render_table(r: &BenchReport) -> String {
         "Tidings bench: embedded SQLite store, {} CPUs, seed {}, {} organizations\n",
         r.settings.cpus, r.settings.seed, r.settings.organizations
     );
+    if let (Some(baseline), Some(ratio), Some(storage)) =
+        (&r.baseline, r.batch_1000_to_baseline, &r.storage)
+    {
+        render_store(&mut out, r, baseline, ratio, storage);
+    }
+    render_delivery(&mut out, &r.delivery);
+    match r.peak_memory_bytes {
+        Some(b) => {
+            let _ = writeln!(
+                out,
+                "Peak memory (VmHWM, whole bench process): {} MiB",
+                grouped(b / (1024 * 1024))
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Peak memory: not reported on this platform");
+        }
+    }
+    out
+}
+
+/// The ingest, baseline, query and disk sections of the table.
+fn render_store(
+    out: &mut String,
+    r: &BenchReport,
+    baseline: &BaselineResult,
+    ratio: f64,
+    storage: &StorageResult,
+) {
+    use std::fmt::Write;
     let _ = writeln!(
         out,
         "Ingest over HTTP, durable (each 201 after the commit's fsync)"
@@ -843,15 +1719,11 @@ fn render_table(r: &BenchReport) -> String {
         "{:<22} {:>9} {:>11} {:>11}   ({} rows/transaction, no HTTP, no validation)",
         "raw SQLite baseline",
         "-",
-        grouped(r.baseline.events),
-        grouped(r.baseline.events_per_second as u64),
-        grouped(r.baseline.rows_per_transaction as u64)
+        grouped(baseline.events),
+        grouped(baseline.events_per_second as u64),
+        grouped(baseline.rows_per_transaction as u64)
     );
-    let _ = writeln!(
-        out,
-        "batches of 1,000 / baseline: {:.2}x\n",
-        r.batch_1000_to_baseline
-    );
+    let _ = writeln!(out, "batches of 1,000 / baseline: {ratio:.2}x\n");
     let _ = writeln!(
         out,
         "Query: GET /v1/events over HTTP, limit {}, {} sequential samples each, store of {} events",
@@ -874,27 +1746,105 @@ fn render_table(r: &BenchReport) -> String {
     let _ = writeln!(
         out,
         "\nDisk: {} bytes/event ({} bytes for {} events, db + wal, of which wal {}); \
-         baseline {} bytes/event (wal {})",
-        r.storage.bytes_per_event.round(),
-        grouped(r.storage.bytes),
-        grouped(r.storage.events),
-        grouped(r.storage.wal_bytes),
-        r.storage.baseline_bytes_per_event.round(),
-        grouped(r.storage.baseline_wal_bytes)
+         baseline {} bytes/event (wal {})\n",
+        storage.bytes_per_event.round(),
+        grouped(storage.bytes),
+        grouped(storage.events),
+        grouped(storage.wal_bytes),
+        storage.baseline_bytes_per_event.round(),
+        grouped(storage.baseline_wal_bytes)
     );
-    match r.peak_memory_bytes {
-        Some(b) => {
-            let _ = writeln!(
-                out,
-                "Peak memory (VmHWM, whole bench process): {} MiB",
-                grouped(b / (1024 * 1024))
-            );
-        }
-        None => {
-            let _ = writeln!(out, "Peak memory: not reported on this platform");
-        }
+}
+
+/// The webhook delivery section of the table.
+fn render_delivery(out: &mut String, d: &DeliveryReport) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "Webhook delivery to local receivers (ingest over HTTP; latency from the batch's 201 \
+         to the receipt)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<36} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>5}",
+        "scenario",
+        "endpoints",
+        "events",
+        "delivered",
+        "deliv/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "missing",
+        "dup"
+    );
+    for s in [
+        &d.throughput,
+        &d.paced,
+        &d.fanout_healthy,
+        &d.fanout_one_dead,
+    ] {
+        let label = match s.scenario.as_str() {
+            "throughput" => "1 endpoint, unpaced".to_string(),
+            "paced" => format!(
+                "1 endpoint, paced {} events/s",
+                grouped(s.target_events_per_second.unwrap_or(0.0) as u64)
+            ),
+            _ if s.dead_endpoints > 0 => format!(
+                "{} endpoints, {} dead (healthy shown)",
+                s.endpoints + s.dead_endpoints,
+                s.dead_endpoints
+            ),
+            _ => format!("{} endpoints, all healthy", s.endpoints),
+        };
+        let _ = writeln!(
+            out,
+            "{:<36} {:>9} {:>7} {:>10} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>5}{}",
+            label,
+            s.endpoints,
+            grouped(s.events),
+            grouped(s.delivered),
+            grouped(s.deliveries_per_second as u64),
+            s.latency_ms.p50,
+            s.latency_ms.p99,
+            s.latency_ms.max,
+            grouped(s.missing),
+            grouped(s.duplicates),
+            if s.timed_out {
+                "  (deadline passed)"
+            } else {
+                ""
+            }
+        );
     }
-    out
+    let _ = writeln!(
+        out,
+        "paced ingest achieved {} events/s; unexpected deliveries: {}",
+        grouped(d.paced.ingest_events_per_second as u64),
+        [
+            &d.throughput,
+            &d.paced,
+            &d.fanout_healthy,
+            &d.fanout_one_dead
+        ]
+        .iter()
+        .map(|s| s.unexpected)
+        .sum::<u64>()
+    );
+    let _ = writeln!(
+        out,
+        "a dead endpoint (owing {} deliveries when the run began) costs the healthy ones \
+         {:.1} % of their delivery rate\n",
+        grouped(d.fanout_one_dead.dead_backlog),
+        d.dead_endpoint_cost * 100.0
+    );
+    if let Some(b) = d.peak_memory_bytes {
+        let _ = writeln!(
+            out,
+            "Peak memory during the delivery scenarios (VmHWM): {} MiB",
+            grouped(b / (1024 * 1024))
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,74 @@
 //! `tidings bench` with tiny sizes, so the harness cannot rot. Speed is not asserted: only
-//! that every scenario and query shape ran and produced figures.
+//! that every scenario and query shape ran and produced figures, and that every webhook
+//! delivery arrived exactly once.
 
 use std::process::Command;
 
 use serde_json::Value;
+
+/// Delivery scenarios small enough for a debug build: 200 events to one endpoint, 100 at
+/// 200 events/s, and 20 events to each of 4 endpoints (then 3 healthy and 1 dead that
+/// owes 50 events).
+const TINY_DELIVERY: [&str; 16] = [
+    "--delivery-events",
+    "200",
+    "--paced-rate",
+    "200",
+    "--paced-batch",
+    "10",
+    "--paced-seconds",
+    "0.5",
+    "--fanout-endpoints",
+    "4",
+    "--fanout-events",
+    "20",
+    "--dead-backlog",
+    "50",
+    "--delivery-deadline",
+    "30",
+];
+
+/// Checks the delivery section: every scenario ran, and every delivery arrived once.
+fn check_delivery(report: &Value) {
+    let d = &report["delivery"];
+    let expected = [
+        ("throughput", 1, 0, 200, 100),
+        ("paced", 1, 0, 100, 10),
+        ("fanout_healthy", 4, 0, 20, 20),
+        ("fanout_one_dead", 3, 1, 20, 20),
+    ];
+    for (name, endpoints, dead, events, batch) in expected {
+        let s = &d[name];
+        assert_eq!(s["scenario"], name, "{s}");
+        assert_eq!(s["endpoints"], endpoints, "{s}");
+        assert_eq!(s["dead_endpoints"], dead, "{s}");
+        assert_eq!(s["events"], events, "{s}");
+        assert_eq!(s["batch_size"], batch, "{s}");
+        assert_eq!(s["expected"], events * endpoints, "{s}");
+        assert_eq!(s["delivered"], s["expected"], "{s}");
+        for field in ["missing", "duplicates", "unexpected"] {
+            assert_eq!(s[field], 0, "{field}: {s}");
+        }
+        assert_eq!(s["timed_out"], false, "{s}");
+        assert!(s["deliveries_per_second"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["ingest_events_per_second"].as_f64().unwrap() > 0.0, "{s}");
+        let l = &s["latency_ms"];
+        let (p50, p99, max) = (
+            l["p50"].as_f64().unwrap(),
+            l["p99"].as_f64().unwrap(),
+            l["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 <= p50 && p50 <= p99 && p99 <= max && max > 0.0, "{s}");
+    }
+    assert_eq!(d["paced"]["target_events_per_second"], 200.0);
+    assert!(d["throughput"]["target_events_per_second"].is_null());
+    assert_eq!(d["fanout_healthy"]["dead_backlog"], 0);
+    assert_eq!(d["fanout_one_dead"]["dead_backlog"], 50);
+    assert!(d["dead_endpoint_cost"].as_f64().unwrap().is_finite());
+    if cfg!(target_os = "linux") {
+        assert!(d["peak_memory_bytes"].as_u64().unwrap() > 0);
+    }
+}
 
 #[test]
 fn bench_runs_every_scenario_and_reports_json() {
@@ -21,8 +86,9 @@ fn bench_runs_every_scenario_and_reports_json() {
             "5",
             "--deep-pages",
             "2",
-            "--json",
         ])
+        .args(TINY_DELIVERY)
+        .arg("--json")
         .arg("--dir")
         .arg(dir.path())
         .output()
@@ -92,6 +158,45 @@ fn bench_runs_every_scenario_and_reports_json() {
     if cfg!(target_os = "linux") {
         assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
     }
+    check_delivery(&report);
     // The temporary stores are removed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bench_delivery_only_skips_the_store_scenarios() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["bench", "--delivery-only"])
+        .args(TINY_DELIVERY)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run tidings bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("Webhook delivery"), "{table}");
+    assert!(
+        table.contains("a dead endpoint (owing 50 deliveries when the run began) costs"),
+        "{table}"
+    );
+    assert!(!table.contains("Ingest over HTTP"), "{table}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["bench", "--delivery-only", "--json"])
+        .args(TINY_DELIVERY)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run tidings bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(report["ingest"].as_array().unwrap().len(), 0);
+    assert_eq!(report["query"].as_array().unwrap().len(), 0);
+    assert!(report["baseline"].is_null());
+    assert!(report["storage"].is_null());
+    check_delivery(&report);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
