@@ -1,7 +1,8 @@
 //! The dispatcher: one loop per process that fans new events out into deliveries and
 //! works through due deliveries under leases.
 //!
-//! Concurrency is bounded per endpoint (default 8 in flight) and overall (default 512): a
+//! Concurrency is bounded per endpoint (default 8 requests in flight) and overall (default
+//! 512): a
 //! slow or dead endpoint uses at most its own slots, and claims skip endpoints whose slots
 //! are full, so healthy endpoints keep being served at full speed. Leases make a delivery
 //! one worker's at a time; a worker that dies leaves leases that run out, and the work
@@ -17,7 +18,7 @@ use tidings_domain::webhook::RetrySchedule;
 use tidings_store::{ClaimRequest, Clock, Store};
 use tokio::sync::{Notify, watch};
 
-use crate::{WebhookClient, attempt_delivery};
+use crate::{WebhookClient, record_attempt, send_attempt};
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -181,19 +182,9 @@ impl Dispatcher {
             let (in_flight, wake) = (Arc::clone(in_flight), Arc::clone(&self.wake));
             tokio::spawn(async move {
                 let id = delivery.id;
-                if let Err(e) = attempt_delivery(
-                    store.as_ref(),
-                    &client,
-                    clock.as_ref(),
-                    &schedule,
-                    &owner,
-                    delivery,
-                )
-                .await
-                {
-                    // The lease runs out and the delivery is attempted again.
-                    tracing::error!(delivery = %id, error = %e, "recording an attempt failed");
-                }
+                let sent = send_attempt(&client, clock.as_ref(), &delivery).await;
+                // The endpoint has answered: its slot is free for the next request. The
+                // lease keeps this delivery ours until the attempt is recorded.
                 if let Ok(mut state) = in_flight.lock() {
                     state.total = state.total.saturating_sub(1);
                     if let Some(n) = state.per_webhook.get_mut(&webhook) {
@@ -203,8 +194,20 @@ impl Dispatcher {
                         }
                     }
                 }
-                // A slot is free: there may be due work for it.
                 wake.notify_one();
+                if let Err(e) = record_attempt(
+                    store.as_ref(),
+                    clock.as_ref(),
+                    &schedule,
+                    &owner,
+                    delivery,
+                    sent,
+                )
+                .await
+                {
+                    // The lease runs out and the delivery is attempted again.
+                    tracing::error!(delivery = %id, error = %e, "recording an attempt failed");
+                }
             });
         }
         result

@@ -1,8 +1,9 @@
 //! Webhook delivery (SPEC §10): the [`dispatcher`] that fans events out and works through
 //! due deliveries, the signed [`sender`], and the SSRF [`guard`].
 //!
-//! One attempt is always made by [`attempt_delivery`], whether the dispatcher claimed the
-//! delivery or the API is sending a test message: send, judge, record.
+//! One attempt is always made the same way, whether the dispatcher claimed the delivery or
+//! the API is sending a test message: [`send_attempt`], then [`record_attempt`] (judge and
+//! record).
 
 pub mod dispatcher;
 pub mod guard;
@@ -43,16 +44,21 @@ pub fn delivery_body(claimed: &ClaimedDelivery) -> (String, Vec<u8>) {
     }
 }
 
-/// Makes one attempt of a claimed delivery, records it with its verdict, and returns it.
-pub async fn attempt_delivery(
-    store: &dyn Store,
+/// An attempt made but not yet recorded.
+#[derive(Debug, Clone)]
+pub struct SentAttempt {
+    pub attempt: Attempt,
+    /// `Retry-After` of the answer, if any.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+/// Makes the HTTP attempt of a claimed delivery.
+pub async fn send_attempt(
     client: &WebhookClient,
     clock: &dyn Clock,
-    schedule: &RetrySchedule,
-    owner: &str,
-    claimed: ClaimedDelivery,
-) -> Result<Attempt, StoreError> {
-    let (msg_id, body) = delivery_body(&claimed);
+    claimed: &ClaimedDelivery,
+) -> SentAttempt {
+    let (msg_id, body) = delivery_body(claimed);
     let started_at = clock.now();
     let outcome = client
         .send(
@@ -63,15 +69,36 @@ pub async fn attempt_delivery(
             &claimed.secrets,
         )
         .await;
-    let attempt = Attempt {
-        attempt: claimed.attempt_number,
-        trigger: claimed.trigger,
-        started_at,
-        duration_ms: outcome.duration.as_millis() as u64,
-        status_code: outcome.status_code,
-        error: outcome.error,
-        response_body: outcome.response_body,
-    };
+    metrics::histogram!("tidings_webhook_attempt_duration_seconds")
+        .record(outcome.duration.as_secs_f64());
+    SentAttempt {
+        attempt: Attempt {
+            attempt: claimed.attempt_number,
+            trigger: claimed.trigger,
+            started_at,
+            duration_ms: outcome.duration.as_millis() as u64,
+            status_code: outcome.status_code,
+            error: outcome.error,
+            response_body: outcome.response_body,
+        },
+        retry_after: outcome.retry_after,
+    }
+}
+
+/// Judges a sent attempt (schedule, Retry-After, 410, 5-day disable) and records it with
+/// its verdict, and the `webhook.delivery_failed` event when the delivery is spent.
+pub async fn record_attempt(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    schedule: &RetrySchedule,
+    owner: &str,
+    claimed: ClaimedDelivery,
+    sent: SentAttempt,
+) -> Result<Attempt, StoreError> {
+    let SentAttempt {
+        attempt,
+        retry_after,
+    } = sent;
     let now = clock.now();
     let failing_for = claimed
         .failing_since
@@ -81,7 +108,7 @@ pub async fn attempt_delivery(
         &attempt,
         claimed.attempt_number,
         claimed.final_on_failure,
-        outcome.retry_after,
+        retry_after,
         schedule,
         failing_for,
         jitter,
@@ -111,8 +138,6 @@ pub async fn attempt_delivery(
         "delivery attempt"
     );
     metrics::counter!("tidings_webhook_attempts_total", "outcome" => outcome_label).increment(1);
-    metrics::histogram!("tidings_webhook_attempt_duration_seconds")
-        .record(outcome.duration.as_secs_f64());
     if let Some(reason) = &verdict.disable {
         tracing::warn!(webhook = %claimed.webhook_id, reason, "disabling webhook");
     }
@@ -129,6 +154,20 @@ pub async fn attempt_delivery(
         })
         .await?;
     Ok(attempt)
+}
+
+/// Makes one attempt of a claimed delivery and records it: [`send_attempt`] then
+/// [`record_attempt`].
+pub async fn attempt_delivery(
+    store: &dyn Store,
+    client: &WebhookClient,
+    clock: &dyn Clock,
+    schedule: &RetrySchedule,
+    owner: &str,
+    claimed: ClaimedDelivery,
+) -> Result<Attempt, StoreError> {
+    let sent = send_attempt(client, clock, &claimed).await;
+    record_attempt(store, clock, schedule, owner, claimed, sent).await
 }
 
 fn system_event(

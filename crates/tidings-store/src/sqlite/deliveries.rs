@@ -459,13 +459,22 @@ pub(crate) fn record_attempt(
     Ok(())
 }
 
-pub(crate) fn next_due(conn: &Connection) -> Result<Option<DateTime<Utc>>, StoreError> {
-    conn.query_row(
-        "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries
-         WHERE status = 'pending' AND next_attempt_at IS NOT NULL",
-        [],
-        |r| r.get::<_, Option<i64>>(0),
+/// When the earliest delivery that no worker holds is due. A walk from the head of the
+/// covering `deliveries_due` index that skips only the leased (in-flight) rows; a lease that
+/// runs out because its worker died is found by the dispatcher's regular poll.
+pub(crate) fn next_due(
+    conn: &Connection,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    conn.prepare_cached(
+        "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due
+         WHERE status = 'pending' AND next_attempt_at IS NOT NULL
+           AND (lease_until IS NULL OR lease_until < ?1)
+         ORDER BY next_attempt_at LIMIT 1",
     )
+    .context("preparing the next-due lookup")?
+    .query_row([millis(now)], |r| r.get::<_, i64>(0))
+    .optional()
     .context("finding the next due delivery")?
     .map(from_millis)
     .transpose()

@@ -402,7 +402,8 @@ impl Store for SqliteStore {
     }
 
     async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.read(deliveries::next_due).await
+        let now = self.clock.now();
+        self.read(move |conn| deliveries::next_due(conn, now)).await
     }
 
     async fn list_deliveries(
