@@ -168,16 +168,6 @@ CREATE TABLE audit_checkpoints (
 ) WITHOUT ROWID;
 "#,
     ),
-    (
-        4,
-        r#"
--- Covering for the claim and the next-due lookup: skipping a saturated endpoint's overdue
--- deliveries, and in-flight (leased) ones, reads the index only, never the table.
-DROP INDEX deliveries_due;
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at, webhook_seq, lease_until)
-    WHERE status = 'pending';
-"#,
-    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction.
