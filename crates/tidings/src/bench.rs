@@ -466,14 +466,7 @@ async fn ingest_scenario(
         grouped(events)
     );
     let server = start_server(data_dir).await?;
-    let (_, key) = crate::keys::create(
-        server.store.as_ref(),
-        None,
-        vec![Scope::EventsIngest],
-        Some("bench producer".into()),
-        None,
-    )
-    .await?;
+    let key = producer_key(&server).await?;
     let url = format!("http://{}/internal/v1/events", server.ingest_addr);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(producers as usize)
@@ -515,6 +508,19 @@ async fn ingest_scenario(
         result.latency_ms.p99
     );
     Ok((result, server))
+}
+
+/// A platform key for the bench's producers.
+async fn producer_key(server: &RunningServer) -> anyhow::Result<String> {
+    let (_, secret) = crate::keys::create(
+        server.store.as_ref(),
+        None,
+        vec![Scope::EventsIngest],
+        Some("bench producer".into()),
+        None,
+    )
+    .await?;
+    Ok(secret)
 }
 
 async fn start_server(data_dir: &Path) -> anyhow::Result<RunningServer> {
@@ -1066,14 +1072,7 @@ impl DeliveryRig {
         let mut config = ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", data_dir.to_path_buf());
         config.allow_private_webhooks = true;
         let server = RunningServer::start(&config).await?;
-        let (_, ingest_key) = crate::keys::create(
-            server.store.as_ref(),
-            None,
-            vec![Scope::EventsIngest],
-            Some("bench producer".into()),
-            None,
-        )
-        .await?;
+        let ingest_key = producer_key(&server).await?;
         let org: OrgId = SEED_ORG
             .parse()
             .map_err(|e: tidings_domain::IdError| anyhow::anyhow!(e.0))?;

@@ -57,6 +57,18 @@ async fn deliveries(app: &TestApp, key: &str, webhook: &str, query: &str) -> Vec
     .await
 }
 
+/// Polls (bounded) until the webhook is disabled; returns it as last read.
+async fn wait_until_disabled(app: &TestApp, key: &str, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let current = app.get(key, &format!("/v1/webhooks/{id}")).await.1;
+        if current["status"] == "disabled" || std::time::Instant::now() > deadline {
+            return current;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls (bounded) until the delivery log satisfies `done`.
 async fn wait_for_log(
     app: &TestApp,
@@ -256,15 +268,7 @@ async fn gone_disables_the_webhook_at_once() {
     let id = hook["id"].as_str().unwrap();
     app.ingest(&[event(ORG, json!({}))]).await;
     receiver.wait_for(1, WAIT).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut current = Value::Null;
-    while std::time::Instant::now() < deadline {
-        current = app.get(&key, &format!("/v1/webhooks/{id}")).await.1;
-        if current["status"] == "disabled" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let current = wait_until_disabled(&app, &key, id).await;
     assert_eq!(current["status"], "disabled", "{current}");
     assert!(current["disabled_reason"].as_str().unwrap().contains("410"));
     app.ingest(&[event(ORG, json!({}))]).await;
@@ -786,15 +790,7 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
     app.clock
         .advance(chrono::Duration::days(5) + chrono::Duration::hours(2));
     app.ingest(&[event(ORG, json!({}))]).await; // wakes the dispatcher
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut current = Value::Null;
-    while std::time::Instant::now() < deadline {
-        current = app.get(&key, &format!("/v1/webhooks/{id}")).await.1;
-        if current["status"] == "disabled" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let current = wait_until_disabled(&app, &key, id).await;
     assert_eq!(current["status"], "disabled", "{current}");
     assert!(
         current["disabled_reason"]
