@@ -1,7 +1,7 @@
 //! The dispatcher: one loop per process that fans new events out into deliveries and
 //! works through due deliveries under leases.
 //!
-//! Concurrency is bounded per endpoint (default 8 requests in flight) and overall (default
+//! Concurrency is bounded per endpoint (default 16 requests in flight) and overall (default
 //! 512): a
 //! slow or dead endpoint uses at most its own slots, and claims skip endpoints whose slots
 //! are full, so healthy endpoints keep being served at full speed. Leases make a delivery
@@ -39,7 +39,7 @@ impl Default for DispatcherConfig {
     fn default() -> Self {
         Self {
             schedule: RetrySchedule::default(),
-            per_endpoint: 8,
+            per_endpoint: 16,
             max_in_flight: 512,
             lease: Duration::from_secs(60),
             poll: Duration::from_secs(1),

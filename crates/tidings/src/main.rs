@@ -219,6 +219,10 @@ struct ServeArgs {
     #[arg(long, env = "TIDINGS_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h",
           value_parser = |s: &str| RetrySchedule::parse(s))]
     webhook_retry_schedule: RetrySchedule,
+    /// Requests in flight to one webhook endpoint at a time.
+    #[arg(long, env = "TIDINGS_WEBHOOK_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    webhook_concurrency: u16,
     /// Requests per second per API key on the public API (a key may have its own).
     #[arg(long, env = "TIDINGS_RATE_LIMIT", default_value_t = 100)]
     rate_limit: u32,
@@ -399,6 +403,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         event_types_file: args.event_types,
         allow_private_webhooks: args.allow_private_webhooks,
         retry_schedule: args.webhook_retry_schedule,
+        webhook_concurrency: usize::from(args.webhook_concurrency),
         rate_limit: args.rate_limit,
         rate_limit_burst: args.rate_limit_burst,
         retention: RetentionPolicy {

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     /// Let webhooks reach loopback and private addresses over plain http (development).
     pub allow_private_webhooks: bool,
     pub retry_schedule: RetrySchedule,
+    /// Requests in flight to one webhook endpoint.
+    pub webhook_concurrency: usize,
     /// Requests per second per key, and the burst, unless a key has its own limit.
     pub rate_limit: u32,
     pub rate_limit_burst: u32,
@@ -45,6 +47,7 @@ impl ServerConfig {
             event_types_file: None,
             allow_private_webhooks: false,
             retry_schedule: RetrySchedule::default(),
+            webhook_concurrency: DispatcherConfig::default().per_endpoint,
             rate_limit: 100,
             rate_limit_burst: 200,
             retention: RetentionPolicy::default(),
@@ -198,6 +201,7 @@ impl RunningServer {
             clock,
             DispatcherConfig {
                 schedule: config.retry_schedule.clone(),
+                per_endpoint: config.webhook_concurrency.max(1),
                 ..DispatcherConfig::default()
             },
             Arc::clone(&webhooks.wake),
