@@ -61,9 +61,12 @@ pub struct PageParams {
 }
 
 /// Parsed raw parameters with a check that every one of them was consumed.
+/// The endpoint asks for each parameter it accepts; whatever nobody asked for is an error,
+/// and the names asked for are the list of accepted ones in that error.
 pub struct Params {
     pairs: Vec<(String, String)>,
     used: Vec<bool>,
+    asked: Vec<String>,
 }
 
 impl Params {
@@ -81,11 +84,18 @@ impl Params {
             }
         }
         let used = vec![false; pairs.len()];
-        Ok(Self { pairs, used })
+        Ok(Self {
+            pairs,
+            used,
+            asked: Vec::new(),
+        })
     }
 
     /// Takes a parameter's value; an empty value counts as absent.
     pub fn take(&mut self, name: &str) -> Option<String> {
+        if !self.asked.iter().any(|a| a == name) {
+            self.asked.push(name.to_string());
+        }
         let i = self.pairs.iter().position(|(k, _)| k == name)?;
         self.used[i] = true;
         let v = self.pairs[i].1.trim().to_string();
@@ -103,19 +113,24 @@ impl Params {
     }
 
     /// Fails on the first parameter nobody asked for (catches typos like `organisation_id`).
-    pub fn finish(self, known: &[&str]) -> Result<(), ParamError> {
-        match self.pairs.iter().zip(&self.used).find(|(_, used)| !**used) {
-            None => Ok(()),
-            Some(((k, _), _)) => Err(ParamError {
-                param: k.clone(),
-                code: "parameter_unknown",
-                message: format!(
-                    "unknown parameter `{}`; this endpoint accepts: {}",
-                    truncate_for_message(k),
-                    known.join(", ")
-                ),
-            }),
-        }
+    /// Call it after taking every parameter the endpoint accepts.
+    pub fn finish(self) -> Result<(), ParamError> {
+        let Some(((k, _), _)) = self.pairs.iter().zip(&self.used).find(|(_, used)| !**used) else {
+            return Ok(());
+        };
+        let accepted = if self.asked.is_empty() {
+            "this endpoint takes no query parameters".to_string()
+        } else {
+            format!("this endpoint accepts: {}", self.asked.join(", "))
+        };
+        Err(ParamError {
+            param: k.clone(),
+            code: "parameter_unknown",
+            message: format!(
+                "unknown parameter `{}`; {accepted}",
+                truncate_for_message(k)
+            ),
+        })
     }
 
     /// `limit`, `order` and `cursor`, shared by every list endpoint.
@@ -236,20 +251,6 @@ pub struct EventQuery {
     pub page: PageParams,
 }
 
-pub const EVENT_LIST_PARAMS: &[&str] = &[
-    "organization_id",
-    "workspace_id",
-    "type",
-    "subject_type",
-    "subject_id",
-    "actor_id",
-    "from",
-    "to",
-    "cursor",
-    "limit",
-    "order",
-];
-
 /// Upper bound on entries in a comma-separated `type` list.
 pub const MAX_TYPE_PATTERNS: usize = 20;
 
@@ -352,7 +353,7 @@ impl EventQuery {
         let mut params = Params::new(pairs)?;
         let filter = EventFilter::take_from(&mut params)?;
         let page = params.take_page()?;
-        params.finish(EVENT_LIST_PARAMS)?;
+        params.finish()?;
         Ok(Self { filter, page })
     }
 }
@@ -416,6 +417,17 @@ mod tests {
             (e.code, e.param.as_str()),
             ("parameter_unknown", "organisation_id")
         );
+        // The accepted names are the ones the parser asked for.
+        for accepted in [
+            "organization_id",
+            "type",
+            "from",
+            "cursor",
+            "limit",
+            "order",
+        ] {
+            assert!(e.message.contains(accepted), "{}", e.message);
+        }
         let e = q("organization_id=ORG-26-090500&type=a.b&type=c.d").unwrap_err();
         assert_eq!(e.code, "parameter_duplicated");
     }

@@ -21,10 +21,6 @@ use crate::pagination::{ListResponse, Paginator, query_pairs};
 /// Most events one replay may cover; narrow the range for more.
 pub const MAX_REPLAY: usize = 10_000;
 
-const DELIVERY_LIST_PARAMS: &[&str] = &[
-    "status", "event_id", "from", "to", "cursor", "limit", "order",
-];
-
 /// A webhook's deliveries, newest first, each with its attempts.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
     security(("bearer" = [])),
@@ -48,7 +44,7 @@ pub async fn list_deliveries(
     let event_id = params.take_parsed("event_id", |v| v.parse::<EventId>().map_err(|e| e.0))?;
     let range = params.take_time_range()?;
     let page = params.take_page()?;
-    params.finish(DELIVERY_LIST_PARAMS)?;
+    params.finish()?;
     let filter = DeliveryFilter {
         status,
         event_id,

@@ -66,7 +66,7 @@ pub async fn get_event(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Event>, ApiError> {
     key.require(Scope::EventsRead)?;
-    tidings_domain::Params::new(query_pairs(query.as_deref()))?.finish(&[])?;
+    tidings_domain::Params::new(query_pairs(query.as_deref()))?.finish()?;
     let id: EventId = id.parse().map_err(|e: tidings_domain::IdError| {
         ApiError::bad_request("parameter_invalid", e.0).with_param("id")
     })?;

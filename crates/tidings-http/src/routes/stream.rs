@@ -23,17 +23,6 @@ use crate::auth::Authenticated;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::query_pairs;
 
-const STREAM_PARAMS: &[&str] = &[
-    "organization_id",
-    "workspace_id",
-    "type",
-    "subject_type",
-    "subject_id",
-    "actor_id",
-    "from",
-    "to",
-];
-
 /// Decrements the open-streams gauge when the stream is dropped (client gone).
 struct Connected;
 
@@ -117,7 +106,7 @@ pub async fn stream_events(
     key.require(Scope::EventsRead)?;
     let mut params = Params::new(query_pairs(query.as_deref()))?;
     let mut filter = EventFilter::take_from(&mut params)?;
-    params.finish(STREAM_PARAMS)?;
+    params.finish()?;
     let tenant = key.tenant_for_list(filter.organization_id.as_ref())?;
     filter.resolve_types(&state.catalog)?;
     let position = match headers.get("last-event-id") {

@@ -302,7 +302,7 @@ pub async fn list_webhooks(
     let mut params = Params::new(query_pairs(query.as_deref()))?;
     let org = params.take_parsed("organization_id", |v| v.parse::<OrgId>().map_err(|e| e.0))?;
     let page = params.take_page()?;
-    params.finish(&["organization_id", "cursor", "limit", "order"])?;
+    params.finish()?;
     if org.is_none() && key.is_platform() {
         return Err(ApiError::bad_request(
             "parameter_missing",
