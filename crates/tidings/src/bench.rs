@@ -575,23 +575,13 @@ async fn send_concurrently(
             let mut latencies = Vec::new();
             while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let started = Instant::now();
-                let response = client
+                let request = client
                     .post(&url)
                     .bearer_auth(&key)
                     .header(header::CONTENT_TYPE, "application/json")
-                    .body(batch.body.clone())
-                    .send()
-                    .await
-                    .context("sending an ingest request")?;
-                let status = response.status();
-                let body = response
-                    .bytes()
-                    .await
-                    .context("reading an ingest response")?;
+                    .body(batch.body.clone());
+                expect_status(request, StatusCode::CREATED, "ingest").await?;
                 latencies.push(started.elapsed());
-                if status != StatusCode::CREATED {
-                    bail!("ingest answered {status}: {}", excerpt(&body));
-                }
                 done.fetch_add(batch.events, Ordering::Relaxed);
             }
             anyhow::Ok(latencies)
@@ -853,18 +843,9 @@ async fn sample_queries(
     for _ in 0..samples {
         for (url, latencies) in urls.iter().zip(&mut latencies) {
             let started = Instant::now();
-            let response = client
-                .get(url.clone())
-                .bearer_auth(key)
-                .send()
-                .await
-                .context("sending a query")?;
-            let status = response.status();
-            let body = response.bytes().await.context("reading a query response")?;
+            let request = client.get(url.clone()).bearer_auth(key);
+            expect_status(request, StatusCode::OK, url.as_str()).await?;
             latencies.push(started.elapsed());
-            if status != StatusCode::OK {
-                bail!("{url} answered {status}: {}", excerpt(&body));
-            }
         }
     }
     Ok(latencies
@@ -875,17 +856,12 @@ async fn sample_queries(
 }
 
 async fn get_page(client: &reqwest::Client, key: &str, url: Url) -> anyhow::Result<Value> {
-    let response = client
-        .get(url.clone())
-        .bearer_auth(key)
-        .send()
-        .await
-        .context("sending a query")?;
-    let status = response.status();
-    let body = response.bytes().await.context("reading a query response")?;
-    if status != StatusCode::OK {
-        bail!("{url} answered {status}: {}", excerpt(&body));
-    }
+    let body = expect_status(
+        client.get(url.clone()).bearer_auth(key),
+        StatusCode::OK,
+        url.as_str(),
+    )
+    .await?;
     serde_json::from_slice(&body).with_context(|| format!("{url} answered with invalid JSON"))
 }
 
@@ -1105,22 +1081,12 @@ impl DeliveryRig {
     /// API (so it passes the verification challenge first); fails unless it is `active`.
     /// It receives the events recorded from now on.
     async fn add_webhook(&self, url: &str) -> anyhow::Result<()> {
-        let response = self
+        let request = self
             .client
             .post(format!("http://{}/v1/webhooks", self.server.public_addr))
             .bearer_auth(&self.admin_key)
-            .json(&json!({"url": url, "event_types": ["*"], "description": "bench"}))
-            .send()
-            .await
-            .context("creating a webhook")?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .context("reading a webhook creation response")?;
-        if status != StatusCode::CREATED {
-            bail!("creating a webhook answered {status}: {}", excerpt(&body));
-        }
+            .json(&json!({"url": url, "event_types": ["*"], "description": "bench"}));
+        let body = expect_status(request, StatusCode::CREATED, "creating a webhook").await?;
         let created: Value =
             serde_json::from_slice(&body).context("reading a webhook creation response")?;
         if created["status"] != "active" {
@@ -1308,23 +1274,13 @@ async fn ingest_acknowledged(
     key: &str,
     body: Bytes,
 ) -> anyhow::Result<(Vec<String>, Instant)> {
-    let response = client
+    let request = client
         .post(url)
         .bearer_auth(key)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .context("sending an ingest request")?;
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .context("reading an ingest response")?;
+        .body(body);
+    let body = expect_status(request, StatusCode::CREATED, "ingest").await?;
     let at = Instant::now();
-    if status != StatusCode::CREATED {
-        bail!("ingest answered {status}: {}", excerpt(&body));
-    }
     let ack: IngestAck =
         serde_json::from_slice(&body).context("reading the events of an ingest response")?;
     Ok((ack.data.into_iter().map(|e| e.id).collect(), at))
@@ -1598,6 +1554,27 @@ fn peak_memory_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Sends a request and reads its body, failing unless the status is `expected`.
+async fn expect_status(
+    request: reqwest::RequestBuilder,
+    expected: StatusCode,
+    what: &str,
+) -> anyhow::Result<Bytes> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("sending a request ({what})"))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .with_context(|| format!("reading a response ({what})"))?;
+    if status != expected {
+        bail!("{what} answered {status}: {}", excerpt(&body));
+    }
+    Ok(body)
 }
 
 fn excerpt(body: &[u8]) -> String {
