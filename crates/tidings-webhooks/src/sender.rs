@@ -161,13 +161,19 @@ impl WebhookClient {
     }
 }
 
-/// Maps a reqwest error to the attempt's error kind by walking its causes.
+/// Maps a reqwest error to the attempt's error kind by walking its causes. The guard's own
+/// refusal is looked for through the whole chain first: the resolver's error is wrapped in
+/// a generic "dns error", which must not hide it.
 fn classify(e: &reqwest::Error) -> AttemptError {
     if e.is_timeout() {
         return AttemptError::Timeout;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
+    let chain = || {
+        std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| {
+            s.source()
+        })
+    };
+    for s in chain() {
         if let Some(g) = s.downcast_ref::<GuardError>() {
             return match g {
                 GuardError::BlockedAddress { .. } | GuardError::InvalidUrl(_) => {
@@ -176,17 +182,60 @@ fn classify(e: &reqwest::Error) -> AttemptError {
                 GuardError::Unresolvable { .. } => AttemptError::Dns,
             };
         }
-        let text = s.to_string().to_ascii_lowercase();
-        if text.contains("private, loopback, link-local") {
+        if s.to_string().contains("private, loopback, link-local") {
             return AttemptError::BlockedAddress;
         }
+    }
+    for s in chain() {
+        let text = s.to_string().to_ascii_lowercase();
         if text.contains("dns error") || text.contains("does not resolve") {
             return AttemptError::Dns;
         }
         if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
             return AttemptError::Tls;
         }
-        source = s.source();
     }
     AttemptError::Connect
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guard holds at send time too, for IP literals and for names that resolve to a
+    /// private address (the resolver path, as with DNS rebinding), and names the error kind.
+    #[tokio::test]
+    async fn private_targets_are_refused_when_sending() {
+        let client = WebhookClient::new(false).unwrap();
+        let secret = SigningSecret::from_random([1; 24]);
+        for url in [
+            "https://127.0.0.1:9/hook",
+            "https://[::1]:9/hook",
+            "https://localhost:9/hook",
+        ] {
+            let out = client
+                .send(
+                    url,
+                    "msg_1",
+                    0,
+                    b"{}".to_vec(),
+                    std::slice::from_ref(&secret),
+                )
+                .await;
+            assert_eq!(out.status_code, None, "{url}");
+            assert_eq!(out.error, Some(AttemptError::BlockedAddress), "{url}");
+        }
+        // The same request with private targets allowed gets as far as connecting.
+        let open = WebhookClient::new(true).unwrap();
+        let out = open
+            .send(
+                "http://127.0.0.1:9/hook",
+                "msg_1",
+                0,
+                b"{}".to_vec(),
+                std::slice::from_ref(&secret),
+            )
+            .await;
+        assert_eq!(out.error, Some(AttemptError::Connect));
+    }
 }

@@ -23,6 +23,10 @@ pub enum Plan {
     Sequence(VecDeque<u16>),
     /// Never answers (until the sender gives up).
     Hang,
+    /// `307 Temporary Redirect` to this URL.
+    Redirect(String),
+    /// 200 with this body.
+    Body(String),
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +114,12 @@ async fn handle(
             }
             r
         }
+        Plan::Redirect(to) => {
+            let mut r = (StatusCode::TEMPORARY_REDIRECT, "moved").into_response();
+            r.headers_mut().insert("location", to.parse().unwrap());
+            r
+        }
+        Plan::Body(body) => (StatusCode::OK, body).into_response(),
         Plan::Hang => {
             tokio::time::sleep(Duration::from_secs(60)).await;
             (StatusCode::OK, "late").into_response()

@@ -800,3 +800,46 @@ async fn an_endpoint_failing_for_five_days_is_disabled() {
         "{current}"
     );
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_only_4_kib_of_a_response_is_kept() {
+    let app = TestApp::spawn_for_webhooks("1h").await;
+    let key = writer_key(&app, ORG).await;
+    let elsewhere = Receiver::start().await;
+    let redirecting = Receiver::start().await;
+    redirecting.set_plan(Plan::Redirect(elsewhere.url.clone()));
+    let chatty = Receiver::start().await;
+    chatty.set_plan(Plan::Body("x".repeat(10_000)));
+    let (redirect_hook, _) = create_webhook(&app, &key, &redirecting.url, json!(["*"])).await;
+    let (chatty_hook, _) = create_webhook(&app, &key, &chatty.url, json!(["*"])).await;
+    app.ingest(&[event(ORG, json!({}))]).await;
+
+    let redirect_id = redirect_hook["id"].as_str().unwrap();
+    let log = wait_for_log(&app, &key, redirect_id, |l| {
+        l.first()
+            .is_some_and(|d| !d["attempts"].as_array().unwrap().is_empty())
+    })
+    .await;
+    let attempt = &log[0]["attempts"][0];
+    assert_eq!(
+        attempt["status_code"], 307,
+        "a 3xx is the answer, not a hop"
+    );
+    assert_eq!(
+        log[0]["status"], "pending",
+        "and it counts as a failure to retry"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        elsewhere.deliveries().is_empty(),
+        "the redirect was not followed"
+    );
+
+    let chatty_id = chatty_hook["id"].as_str().unwrap();
+    let log = wait_for_log(&app, &key, chatty_id, |l| {
+        l.first().is_some_and(|d| d["status"] == "succeeded")
+    })
+    .await;
+    let kept = log[0]["attempts"][0]["response_body"].as_str().unwrap();
+    assert_eq!(kept.len(), 4 * 1024);
+}
