@@ -14,6 +14,12 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("PostgreSQL error while {context}: {source}")]
+    Postgres {
+        context: &'static str,
+        #[source]
+        source: postgres::Error,
+    },
     #[error("cannot open the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -44,5 +50,11 @@ pub(crate) trait Context<T> {
 impl<T> Context<T> for Result<T, rusqlite::Error> {
     fn context(self, context: &'static str) -> Result<T, StoreError> {
         self.map_err(|source| StoreError::Database { context, source })
+    }
+}
+
+impl<T> Context<T> for Result<T, postgres::Error> {
+    fn context(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Postgres { context, source })
     }
 }

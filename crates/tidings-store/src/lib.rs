@@ -6,7 +6,9 @@ mod audit_types;
 pub mod clock;
 mod delivery_types;
 mod error;
+pub mod postgres;
 pub mod retention;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -30,6 +32,7 @@ pub use delivery_types::{
     WebhookUpdate,
 };
 pub use error::StoreError;
+pub use postgres::PostgresStore;
 pub use retention::{RetentionPolicy, SweepReport};
 pub use sqlite::SqliteStore;
 
@@ -50,7 +53,7 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
-/// Everything Tidings keeps. Implementations: [`SqliteStore`] (embedded), PostgreSQL (later).
+/// Everything Tidings keeps. Implementations: [`SqliteStore`] (embedded) and [`PostgresStore`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records a validated batch atomically and returns it in input order, with IDs and

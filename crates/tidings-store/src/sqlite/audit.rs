@@ -9,11 +9,11 @@ use tidings_domain::audit::{
 };
 use tidings_domain::ids::AuditId;
 
-use super::events::{corrupt, timestamp};
 use super::list_query::ListQuery;
-use super::writer::{WriterCtx, two_digit_year};
+use super::writer::WriterCtx;
 use crate::audit_types::AuditFilter;
 use crate::error::{Context, StoreError};
+use crate::rows::{corrupt, timestamp, two_digit_year};
 use crate::{Page, PageRequest};
 
 fn chain_of(entry_org: Option<&str>) -> String {

@@ -18,23 +18,18 @@ use tidings_domain::{EventId, Tenant, TimeRange, TypePattern};
 use serde_json::json;
 use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
 
-use super::events::{EVENT_COLUMNS, corrupt, event_from_row, insert_events, timestamp};
+use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
 use super::list_query::ListQuery;
-use super::webhooks::{find, live_secrets, parse_patterns, webhook_id};
-use super::writer::{WriterCtx, two_digit_year};
+use super::webhooks::{find, live_secrets};
+use super::writer::WriterCtx;
 use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
 };
 use crate::error::{Context, StoreError};
+use crate::rows::{
+    corrupt, from_millis, millis, parse_patterns, timestamp, two_digit_year, webhook_id,
+};
 use crate::{Page, PageRequest};
-
-fn millis(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt("timestamp", ms))
-}
 
 /// What fan-out and replay need of an event to route it.
 const ROUTING_COLUMNS: &str = "seq, org, workspace, type, subject_type, subject_id, created_at";

@@ -6,7 +6,6 @@
 //! reason. Time bounds are turned into `seq` bounds first: `created_at` never decreases
 //! with `seq`.
 
-use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::value::RawValue;
@@ -15,24 +14,15 @@ use tidings_domain::{
     TypePattern,
 };
 
-use serde_json::json;
-use tidings_domain::OrgId;
-use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+use tidings_domain::audit::AuditContext;
 
-use super::list_query::{ListQuery, into_page};
-use super::writer::{WriterCtx, two_digit_year};
+use super::list_query::ListQuery;
+use super::writer::WriterCtx;
 use crate::error::{Context, StoreError};
+use crate::rows::{batch_audit_entries, corrupt, into_page, timestamp, two_digit_year};
 use crate::{Page, PageRequest};
 
 pub(crate) const EVENT_COLUMNS: &str = "seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id, payload, created_at";
-
-pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-pub(crate) fn timestamp(secs: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp(secs, 0).ok_or_else(|| corrupt("timestamp", secs))
-}
 
 /// Maps a row selected with [`EVENT_COLUMNS`]. The outer error is SQLite's, the inner one
 /// a row that does not hold a valid event.
@@ -358,41 +348,8 @@ pub(crate) fn ingest(
     audit: &AuditContext,
 ) -> Result<Vec<Event>, StoreError> {
     let recorded = insert_events(conn, ctx, events)?;
-    // Organizations in order of first appearance, with their first and last event and count.
-    let mut per_org: Vec<(&OrgId, &Event, &Event, usize)> = Vec::new();
-    for e in &recorded {
-        match per_org.iter_mut().find(|(o, ..)| **o == e.organization_id) {
-            Some(entry) => {
-                if e.id.number < entry.1.id.number {
-                    entry.1 = e;
-                }
-                if e.id.number > entry.2.id.number {
-                    entry.2 = e;
-                }
-                entry.3 += 1;
-            }
-            None => per_org.push((&e.organization_id, e, e, 1)),
-        }
-    }
-    for (org, first, last, count) in per_org {
-        super::audit::append(
-            conn,
-            ctx,
-            audit,
-            AuditEntry {
-                organization_id: Some(org.clone()),
-                action: "events.ingested",
-                resource: AuditResource {
-                    resource_type: "event_batch".into(),
-                    id: first.id.to_string(),
-                },
-                changes: json!({"after": {
-                    "count": count,
-                    "first_event_id": first.id.to_string(),
-                    "last_event_id": last.id.to_string(),
-                }}),
-            },
-        )?;
+    for entry in batch_audit_entries(&recorded) {
+        super::audit::append(conn, ctx, audit, entry)?;
     }
     Ok(recorded)
 }

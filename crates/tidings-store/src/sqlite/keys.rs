@@ -5,9 +5,9 @@ use serde_json::json;
 use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
 use tidings_domain::{ApiKey, KeyId, NewApiKey, Scope};
 
-use super::events::{corrupt, timestamp};
-use super::writer::{WriterCtx, two_digit_year};
+use super::writer::WriterCtx;
 use crate::error::{Context, StoreError};
+use crate::rows::{corrupt, timestamp, two_digit_year};
 
 const KEY_COLUMNS: &str = "seq, org, scopes, rate_limit, description, created_at, revoked_at";
 

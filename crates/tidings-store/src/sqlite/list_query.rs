@@ -8,6 +8,7 @@ use rusqlite::{Row, params_from_iter};
 use tidings_domain::{Order, TimeRange};
 
 use crate::error::{Context, StoreError};
+use crate::rows::into_page;
 use crate::{Page, PageRequest};
 
 #[derive(Default)]
@@ -93,11 +94,4 @@ impl ListQuery {
     pub fn args(&self) -> &[Value] {
         &self.args
     }
-}
-
-/// Cuts the extra row fetched to learn `has_more`.
-pub(crate) fn into_page<T>(mut items: Vec<T>, limit: u32) -> Page<T> {
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Page { items, has_more }
 }

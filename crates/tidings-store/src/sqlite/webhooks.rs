@@ -6,36 +6,19 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tidings_domain::ids::WebhookId;
 use tidings_domain::webhook::{SigningSecret, Webhook};
-use tidings_domain::{OrgId, Tenant, TypePattern};
+use tidings_domain::{OrgId, Tenant};
 
 use serde_json::json;
 use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
 
-use super::events::{corrupt, timestamp};
 use super::list_query::ListQuery;
-use super::writer::{WriterCtx, two_digit_year};
+use super::writer::WriterCtx;
 use crate::delivery_types::{NewWebhook, WebhookUpdate};
 use crate::error::{Context, StoreError};
+use crate::rows::{corrupt, join_patterns, parse_patterns, timestamp, webhook_id};
 use crate::{Page, PageRequest};
 
 pub(crate) const WEBHOOK_COLUMNS: &str = "seq, org, workspace, url, event_types, description, status, disabled_reason, created_at, updated_at";
-
-pub(crate) fn parse_patterns(s: &str) -> Result<Vec<TypePattern>, StoreError> {
-    s.split(',')
-        .map(|p| TypePattern::parse(p).map_err(|e| corrupt("webhook event types", e)))
-        .collect()
-}
-
-pub(crate) fn join_patterns(p: &[TypePattern]) -> String {
-    p.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-pub(crate) fn webhook_id(seq: i64, created_at: DateTime<Utc>) -> WebhookId {
-    WebhookId::new(two_digit_year(created_at), seq as u64)
-}
 
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Webhook, StoreError>> {
     let seq: i64 = row.get(0)?;

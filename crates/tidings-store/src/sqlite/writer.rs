@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, mpsc};
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
@@ -134,10 +134,6 @@ impl WriterCtx<'_> {
     fn restore(&mut self, snapshot: (HashMap<&'static str, u64>, HashMap<String, String>)) {
         (self.ids, self.learnt_workspaces) = snapshot;
     }
-}
-
-pub(crate) fn two_digit_year(t: DateTime<Utc>) -> u8 {
-    t.year().rem_euclid(100) as u8
 }
 
 pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>) {

@@ -1,0 +1,782 @@
+//! Deliveries: fan-out from the event log, leases for workers, attempts, and the log the
+//! API shows, on PostgreSQL.
+//!
+//! Fan-out reads the event log oldest-first from a persisted cursor, in the same
+//! transaction that creates the deliveries and advances the cursor, so every event is fanned
+//! out exactly once, also across crashes. (Write groups of all processes commit one at a
+//! time under the write lock, in event-number order, so every event up to the newest number
+//! the writer has minted is committed or in this very transaction: that is the high-water
+//! mark fan-out reads up to.)
+//!
+//! Claiming is the one delivery write outside the write groups: its own short transaction
+//! takes due rows with `FOR UPDATE SKIP LOCKED`, so processes claim side by side and never
+//! the same delivery. Recording an attempt locks the delivery row before it reads the lease.
+//!
+//! Attempts live in their delivery's row, a JSON array, so dropping a day's partition drops
+//! them with their deliveries.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use postgres::{Client, GenericClient, Row, Transaction};
+use serde_json::Value;
+use tidings_domain::ids::{DeliveryId, WebhookId};
+use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
+use tidings_domain::{EventId, Tenant, TimeRange, TypePattern};
+
+use serde_json::json;
+use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+
+use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
+use super::list_query::ListQuery;
+use super::webhooks::{find, live_secrets, newest_event_seq};
+use super::writer::WriterCtx;
+use crate::delivery_types::{
+    AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
+};
+use crate::error::{Context, StoreError};
+use crate::rows::{
+    corrupt, from_millis, millis, parse_patterns, timestamp, two_digit_year, webhook_id,
+};
+use crate::{Page, PageRequest};
+
+/// What fan-out and replay need of an event to route it.
+const ROUTING_COLUMNS: &str = "seq, org, workspace, type, subject_type, subject_id, created_at";
+
+struct RoutedEvent {
+    seq: i64,
+    org: String,
+    workspace: Option<String>,
+    event_type: String,
+    subject_type: String,
+    subject_id: String,
+    created_at: i64,
+}
+
+impl RoutedEvent {
+    fn from_row(r: &Row) -> Self {
+        Self {
+            seq: r.get(0),
+            org: r.get(1),
+            workspace: r.get(2),
+            event_type: r.get(3),
+            subject_type: r.get(4),
+            subject_id: r.get(5),
+            created_at: r.get(6),
+        }
+    }
+
+    fn routing(&self) -> EventRouting<'_> {
+        EventRouting {
+            organization_id: &self.org,
+            workspace_id: self.workspace.as_deref(),
+            event_type: &self.event_type,
+            subject_type: &self.subject_type,
+            subject_id: &self.subject_id,
+        }
+    }
+
+    /// The year in the event's ID.
+    fn year(&self) -> Result<u8, StoreError> {
+        Ok(two_digit_year(timestamp(self.created_at)?))
+    }
+}
+
+struct ActiveWebhook {
+    seq: i64,
+    id: String,
+    workspace: Option<String>,
+    patterns: Vec<TypePattern>,
+    start_after_seq: i64,
+}
+
+/// A delivery to create.
+struct NewDelivery<'a> {
+    webhook_seq: i64,
+    event: Option<(i64, u8)>,
+    event_type: &'a str,
+    trigger: AttemptTrigger,
+    due: Option<DateTime<Utc>>,
+    lease_owner: Option<&'a str>,
+}
+
+/// Inserts pending deliveries created now, all with one statement (fan-out and replay make
+/// many at once, under the write lock); returns their numbers, in order.
+fn insert_deliveries(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    rows: &[NewDelivery<'_>],
+) -> Result<Vec<u64>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let created_at = ctx.now.timestamp();
+    ctx.ensure_partition(tx, "deliveries", created_at)?;
+    let mut seqs = Vec::with_capacity(rows.len());
+    for _ in rows {
+        seqs.push(ctx.next_id(tx, "DLV")?);
+    }
+    let lease_until = millis(ctx.now) + 60_000;
+    let numbers: Vec<i64> = seqs.iter().map(|s| *s as i64).collect();
+    let webhooks: Vec<i64> = rows.iter().map(|r| r.webhook_seq).collect();
+    let events: Vec<Option<i64>> = rows.iter().map(|r| r.event.map(|e| e.0)).collect();
+    let years: Vec<Option<i32>> = rows
+        .iter()
+        .map(|r| r.event.map(|e| i32::from(e.1)))
+        .collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
+    let dues: Vec<Option<i64>> = rows.iter().map(|r| r.due.map(millis)).collect();
+    let triggers: Vec<&str> = rows.iter().map(|r| r.trigger.as_str()).collect();
+    let owners: Vec<Option<&str>> = rows.iter().map(|r| r.lease_owner).collect();
+    let leases: Vec<Option<i64>> = rows
+        .iter()
+        .map(|r| r.lease_owner.map(|_| lease_until))
+        .collect();
+    tx.execute(
+        "INSERT INTO deliveries (seq, webhook_seq, event_seq, event_year, event_type, status,
+                                 next_attempt_at, next_trigger, lease_owner, lease_until, created_at)
+         SELECT seq, webhook_seq, event_seq, event_year, event_type, 'pending',
+                next_attempt_at, next_trigger, lease_owner, lease_until, $10
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[], $5::text[],
+                     $6::bigint[], $7::text[], $8::text[], $9::bigint[])
+              AS d(seq, webhook_seq, event_seq, event_year, event_type, next_attempt_at,
+                   next_trigger, lease_owner, lease_until)",
+        &[
+            &numbers,
+            &webhooks,
+            &events,
+            &years,
+            &types,
+            &dues,
+            &triggers,
+            &owners,
+            &leases,
+            &created_at,
+        ],
+    )
+    .context("inserting deliveries")?;
+    Ok(seqs)
+}
+
+pub(crate) fn fan_out(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    max_events: usize,
+) -> Result<FanoutReport, StoreError> {
+    let cursor: i64 = tx
+        .query_one("SELECT last_event_seq FROM fanout_cursor WHERE id = 1", &[])
+        .context("reading the fan-out cursor")?
+        .get(0);
+    let high_water = newest_event_seq(tx, ctx)?;
+    let events: Vec<RoutedEvent> = tx
+        .query(
+            &format!(
+                "SELECT {ROUTING_COLUMNS} FROM events WHERE seq > $1 AND seq <= $2
+                 ORDER BY seq LIMIT $3"
+            ),
+            &[&cursor, &high_water, &(max_events as i64)],
+        )
+        .context("reading events to fan out")?
+        .iter()
+        .map(RoutedEvent::from_row)
+        .collect();
+    let Some(last) = events.last().map(|e| e.seq) else {
+        return Ok(FanoutReport::default());
+    };
+
+    let mut by_org: HashMap<String, Vec<ActiveWebhook>> = HashMap::new();
+    let rows = tx
+        .query(
+            "SELECT seq, org, workspace, event_types, start_after_seq, created_at FROM webhooks
+             WHERE status = 'active'",
+            &[],
+        )
+        .context("reading active webhooks")?;
+    for row in rows {
+        let seq: i64 = row.get(0);
+        let types: String = row.get(3);
+        by_org.entry(row.get(1)).or_default().push(ActiveWebhook {
+            seq,
+            id: webhook_id(seq, timestamp(row.get(5))?).to_string(),
+            workspace: row.get(2),
+            patterns: parse_patterns(&types)?,
+            start_after_seq: row.get(4),
+        });
+    }
+
+    let mut created = Vec::new();
+    for event in &events {
+        let Some(hooks) = by_org.get(&event.org) else {
+            continue;
+        };
+        for hook in hooks {
+            if event.seq > hook.start_after_seq
+                && webhook_wants(
+                    &hook.id,
+                    &event.org,
+                    hook.workspace.as_deref(),
+                    &hook.patterns,
+                    &event.routing(),
+                )
+            {
+                created.push(NewDelivery {
+                    webhook_seq: hook.seq,
+                    event: Some((event.seq, event.year()?)),
+                    event_type: &event.event_type,
+                    trigger: AttemptTrigger::Scheduled,
+                    due: Some(ctx.now),
+                    lease_owner: None,
+                });
+            }
+        }
+    }
+    insert_deliveries(tx, ctx, &created)?;
+    tx.execute(
+        "UPDATE fanout_cursor SET last_event_seq = $1 WHERE id = 1",
+        &[&last],
+    )
+    .context("advancing the fan-out cursor")?;
+    Ok(FanoutReport {
+        events_scanned: events.len(),
+        deliveries_created: created.len(),
+    })
+}
+
+/// Everything a worker needs about delivery `seq`.
+fn claimed(
+    c: &mut impl GenericClient,
+    seq: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<ClaimedDelivery>, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT d.webhook_seq, w.org, w.url, w.created_at, d.event_seq, d.event_type,
+                    d.next_trigger, d.attempt_count, d.final_on_failure, w.failing_since,
+                    d.created_at
+             FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq WHERE d.seq = $1",
+            &[&seq],
+        )
+        .context("reading a claimed delivery")?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let webhook_seq: i64 = row.get(0);
+    let org: String = row.get(1);
+    let event_seq: Option<i64> = row.get(4);
+    let trigger: String = row.get(6);
+    let attempt_count: i32 = row.get(7);
+    let failing_since: Option<i64> = row.get(9);
+    let event = match event_seq {
+        Some(e) => c
+            .query_opt(
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = $1"),
+                &[&e],
+            )
+            .context("reading a delivery's event")?
+            .map(|r| event_from_row(&r))
+            .transpose()?,
+        None => None,
+    };
+    if event_seq.is_some() && event.is_none() {
+        // The event is gone (retention); there is nothing left to deliver.
+        return Ok(None);
+    }
+    let created_at = timestamp(row.get(10))?;
+    Ok(Some(ClaimedDelivery {
+        id: DeliveryId::new(two_digit_year(created_at), seq as u64),
+        webhook_id: webhook_id(webhook_seq, timestamp(row.get(3))?),
+        organization_id: org.parse().map_err(|e| corrupt("webhook org", e))?,
+        url: row.get(2),
+        secrets: live_secrets(c, webhook_seq as u64, now)?,
+        event,
+        event_type: row.get(5),
+        trigger: trigger.parse().map_err(|e| corrupt("trigger", e))?,
+        attempt_number: attempt_count as u32 + 1,
+        final_on_failure: row.get(8),
+        failing_since: failing_since.map(timestamp).transpose()?,
+        created_at,
+    }))
+}
+
+/// Leases due deliveries to `request.owner`. Its own transaction on `c`, outside the write
+/// groups: rows another claim holds are skipped, so two processes never take one delivery.
+pub(crate) fn claim(
+    c: &mut Client,
+    now: DateTime<Utc>,
+    request: ClaimRequest,
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let now_ms = millis(now);
+    // Endpoints with no slot left are skipped in the scan; the others get what they have left.
+    let saturated: Vec<i64> = request
+        .busy
+        .iter()
+        .filter(|(_, n)| *n >= request.per_webhook)
+        .map(|(w, _)| w.number as i64)
+        .collect();
+    let (busy_webhooks, busy_counts): (Vec<i64>, Vec<i64>) = request
+        .busy
+        .iter()
+        .map(|(w, n)| (w.number as i64, *n as i64))
+        .unzip();
+    let mut tx = c.transaction().context("starting a claim")?;
+    // A bounded window of the most overdue deliveries, locked (FOR UPDATE does not go with
+    // window functions, hence the materialized window), then at most what each endpoint
+    // has left.
+    let seqs: Vec<i64> = tx
+        .query(
+            "WITH due AS MATERIALIZED (
+                 SELECT seq, webhook_seq, next_attempt_at FROM deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= $1
+                   AND (lease_until IS NULL OR lease_until < $1)
+                   AND webhook_seq <> ALL($2::bigint[])
+                 ORDER BY next_attempt_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED
+             ),
+             busy (webhook_seq, n) AS (SELECT * FROM unnest($4::bigint[], $5::bigint[]))
+             SELECT c.seq FROM (
+                 SELECT seq, webhook_seq, next_attempt_at,
+                        row_number() OVER (PARTITION BY webhook_seq
+                                           ORDER BY next_attempt_at, seq) AS rn
+                 FROM due) c
+             LEFT JOIN busy b ON b.webhook_seq = c.webhook_seq
+             WHERE c.rn <= $6::bigint - coalesce(b.n, 0)
+             ORDER BY c.next_attempt_at, c.seq LIMIT $7",
+            &[
+                &now_ms,
+                &saturated,
+                &((request.limit * 4).max(64) as i64),
+                &busy_webhooks,
+                &busy_counts,
+                &(request.per_webhook as i64),
+                &(request.limit as i64),
+            ],
+        )
+        .context("finding due deliveries")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let until = now_ms + request.lease.as_millis() as i64;
+    let mut out = Vec::with_capacity(seqs.len());
+    let (mut leased, mut gone) = (Vec::new(), Vec::new());
+    for seq in seqs {
+        match claimed(&mut tx, seq, now)? {
+            Some(d) => {
+                leased.push(seq);
+                out.push(d);
+            }
+            None => gone.push(seq),
+        }
+    }
+    if !leased.is_empty() {
+        tx.execute(
+            "UPDATE deliveries SET lease_owner = $2, lease_until = $3 WHERE seq = ANY($1)",
+            &[&leased, &request.owner, &until],
+        )
+        .context("leasing deliveries")?;
+    }
+    if !gone.is_empty() {
+        tx.execute(
+            "UPDATE deliveries SET status = 'failed', next_attempt_at = NULL WHERE seq = ANY($1)",
+            &[&gone],
+        )
+        .context("closing undeliverable deliveries")?;
+    }
+    tx.commit().context("committing a claim")?;
+    Ok(out)
+}
+
+/// One attempt as kept in its delivery's `attempts` array.
+fn attempt_to_json(a: &Attempt) -> Value {
+    json!({
+        "number": a.attempt,
+        "trigger": a.trigger.as_str(),
+        "started_at_ms": millis(a.started_at),
+        "duration_ms": a.duration_ms,
+        "status_code": a.status_code,
+        "error": a.error.map(|e| e.as_str()),
+        "response_body": a.response_body,
+    })
+}
+
+fn attempt_number(v: &Value) -> Option<u32> {
+    v.get("number")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+fn attempt_from_json(v: &Value) -> Result<Attempt, StoreError> {
+    let bad = |key: &str| corrupt("delivery attempt", format!("missing or bad `{key}`"));
+    // A field that is absent or null.
+    let field = |key: &str| v.get(key).filter(|x| !x.is_null());
+    let text = |key: &str| {
+        field(key)
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| bad(key)))
+            .transpose()
+    };
+    let trigger = text("trigger")?.ok_or_else(|| bad("trigger"))?;
+    let started_at = field("started_at_ms")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| bad("started_at_ms"))?;
+    Ok(Attempt {
+        attempt: attempt_number(v).ok_or_else(|| bad("number"))?,
+        trigger: trigger.parse().map_err(|e| corrupt("trigger", e))?,
+        started_at: from_millis(started_at)?,
+        duration_ms: field("duration_ms")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("duration_ms"))?,
+        status_code: field("status_code")
+            .map(|s| {
+                s.as_u64()
+                    .and_then(|s| u16::try_from(s).ok())
+                    .ok_or_else(|| bad("status_code"))
+            })
+            .transpose()?,
+        error: text("error")?
+            .map(|e| e.parse())
+            .transpose()
+            .map_err(|e| corrupt("attempt error", e))?,
+        response_body: text("response_body")?,
+    })
+}
+
+/// The stored `attempts` array, as JSON values.
+fn attempt_values(stored: &str) -> Result<Vec<Value>, StoreError> {
+    serde_json::from_str(stored).map_err(|e| corrupt("delivery attempts", e))
+}
+
+/// The stored `attempts` array, oldest first.
+fn parse_attempts(stored: &str) -> Result<Vec<Attempt>, StoreError> {
+    let mut attempts = attempt_values(stored)?
+        .iter()
+        .map(attempt_from_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    attempts.sort_by_key(|a| a.attempt);
+    Ok(attempts)
+}
+
+pub(crate) fn record_attempt(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    report: AttemptReport,
+) -> Result<(), StoreError> {
+    let seq = report.delivery_id.number as i64;
+    // FOR UPDATE: a claim running now skips this row, or we wait for it to commit and read
+    // the lease it set.
+    let row = tx
+        .query_opt(
+            "SELECT lease_owner, attempts::text FROM deliveries WHERE seq = $1 FOR UPDATE",
+            &[&seq],
+        )
+        .context("reading a delivery lease")?;
+    let Some(row) = row else {
+        // Deleted with its webhook while the attempt was in flight.
+        return Ok(());
+    };
+    let lease_owner: Option<String> = row.get(0);
+    let a = &report.attempt;
+    // A second report of the same attempt number replaces the first.
+    let mut attempts = attempt_values(row.get(1))?;
+    attempts.retain(|v| attempt_number(v) != Some(a.attempt));
+    attempts.push(attempt_to_json(a));
+    attempts.sort_by_key(attempt_number);
+    tx.execute(
+        "UPDATE deliveries SET attempts = $2::text::jsonb WHERE seq = $1",
+        &[&seq, &Value::Array(attempts).to_string()],
+    )
+    .context("recording an attempt")?;
+    if lease_owner.as_deref() != Some(report.owner.as_str()) {
+        // Another worker took this delivery over after our lease ran out; its own report
+        // decides the delivery's state.
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE deliveries SET status = $2, attempt_count = $3, next_attempt_at = $4,
+                next_trigger = 'scheduled', final_on_failure = false, lease_owner = NULL,
+                lease_until = NULL
+         WHERE seq = $1",
+        &[
+            &seq,
+            &report.status.as_str(),
+            &(a.attempt as i32),
+            &report.next_attempt_at.map(millis),
+        ],
+    )
+    .context("updating a delivery")?;
+    let webhook = report.webhook_id.number as i64;
+    if a.succeeded() {
+        tx.execute(
+            "UPDATE webhooks SET failing_since = NULL WHERE seq = $1 AND failing_since IS NOT NULL",
+            &[&webhook],
+        )
+        .context("clearing a webhook's failure streak")?;
+    } else if a.trigger != AttemptTrigger::Test {
+        tx.execute(
+            "UPDATE webhooks SET failing_since = $2 WHERE seq = $1 AND failing_since IS NULL",
+            &[&webhook, &a.started_at.timestamp()],
+        )
+        .context("starting a webhook's failure streak")?;
+    }
+    if let Some(reason) = &report.disable_webhook {
+        tx.execute(
+            "UPDATE webhooks SET status = 'disabled', disabled_reason = $2, updated_at = $3
+             WHERE seq = $1",
+            &[&webhook, reason, &ctx.now.timestamp()],
+        )
+        .context("disabling a webhook")?;
+    }
+    if let Some(event) = report.event {
+        insert_events(tx, ctx, std::slice::from_ref(&event))?;
+    }
+    Ok(())
+}
+
+/// When the earliest delivery that no worker holds is due. A walk from the head of the
+/// `deliveries_due` index that skips only the leased (in-flight) rows; a lease that runs out
+/// because its worker died is found by the dispatcher's regular poll.
+pub(crate) fn next_due(
+    c: &mut impl GenericClient,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    c.query_opt(
+        "SELECT next_attempt_at FROM deliveries
+         WHERE status = 'pending' AND next_attempt_at IS NOT NULL
+           AND (lease_until IS NULL OR lease_until < $1)
+         ORDER BY next_attempt_at LIMIT 1",
+        &[&millis(now)],
+    )
+    .context("finding the next due delivery")?
+    .map(|r| from_millis(r.get(0)))
+    .transpose()
+}
+
+/// The attempts come with the row, as text (the driver is built without JSON support).
+const DELIVERY_COLUMNS: &str = "seq, webhook_seq, event_seq, event_year, event_type, status, next_attempt_at, created_at, attempts::text";
+
+fn delivery_from_row(row: &Row, webhook: WebhookId) -> Result<Delivery, StoreError> {
+    let seq: i64 = row.get(0);
+    let event_seq: Option<i64> = row.get(2);
+    let event_year: Option<i32> = row.get(3);
+    let status: String = row.get(5);
+    let next_attempt_at: Option<i64> = row.get(6);
+    let created_at = timestamp(row.get(7))?;
+    let event_year = event_year
+        .map(u8::try_from)
+        .transpose()
+        .map_err(|e| corrupt("delivery event year", e))?;
+    Ok(Delivery {
+        id: DeliveryId::new(two_digit_year(created_at), seq as u64),
+        webhook_id: webhook,
+        event_id: event_seq
+            .zip(event_year)
+            .map(|(s, y)| EventId::new(y, s as u64)),
+        event_type: row.get(4),
+        status: status.parse().map_err(|e| corrupt("delivery status", e))?,
+        attempts: parse_attempts(row.get(8))?,
+        next_attempt_at: next_attempt_at.map(from_millis).transpose()?,
+        created_at,
+    })
+}
+
+pub(crate) fn list(
+    c: &mut impl GenericClient,
+    tenant: &Tenant,
+    webhook: WebhookId,
+    filter: &DeliveryFilter,
+    page: PageRequest,
+) -> Result<Option<Page<Delivery>>, StoreError> {
+    let Some(_) = find(c, tenant, webhook)? else {
+        return Ok(None);
+    };
+    let mut query = ListQuery::default();
+    query.eq("webhook_seq", webhook.number as i64);
+    if let Some(s) = filter.status {
+        query.eq("status", s.as_str().to_string());
+    }
+    if let Some(e) = filter.event_id {
+        query.eq("event_seq", e.number as i64);
+        query.eq("event_year", i32::from(e.year));
+    }
+    query.created_within(&filter.range);
+    let found = query.page(c, DELIVERY_COLUMNS, "deliveries", page, |r| {
+        delivery_from_row(r, webhook)
+    })?;
+    Ok(Some(found))
+}
+
+fn get(
+    c: &mut impl GenericClient,
+    webhook: WebhookId,
+    delivery: DeliveryId,
+) -> Result<Option<Delivery>, StoreError> {
+    Ok(c.query_opt(
+        &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE seq = $1 AND webhook_seq = $2"),
+        &[&(delivery.number as i64), &(webhook.number as i64)],
+    )
+    .context("looking up a delivery")?
+    .map(|r| delivery_from_row(&r, webhook))
+    .transpose()?
+    .filter(|d| d.id == delivery))
+}
+
+pub(crate) fn retry(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    tenant: &Tenant,
+    webhook: WebhookId,
+    delivery: DeliveryId,
+    audit: &AuditContext,
+) -> Result<Option<Delivery>, StoreError> {
+    let Some(hook) = find(tx, tenant, webhook)? else {
+        return Ok(None);
+    };
+    let Some(before) = get(tx, webhook, delivery)? else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE deliveries SET final_on_failure = (status <> 'pending'), status = 'pending',
+                next_attempt_at = $2, next_trigger = 'manual'
+         WHERE seq = $1",
+        &[&(delivery.number as i64), &millis(ctx.now)],
+    )
+    .context("scheduling a manual retry")?;
+    super::audit::append(
+        tx,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: Some(hook.organization_id),
+            action: "webhook.delivery_retried",
+            resource: AuditResource {
+                resource_type: "delivery".into(),
+                id: delivery.to_string(),
+            },
+            changes: json!({
+                "before": {"status": before.status},
+                "after": {"status": "pending", "trigger": "manual", "webhook_id": webhook.to_string()},
+            }),
+        },
+    )?;
+    get(tx, webhook, delivery)
+}
+
+fn webhook_resource(id: WebhookId) -> AuditResource {
+    AuditResource {
+        resource_type: "webhook".into(),
+        id: id.to_string(),
+    }
+}
+
+pub(crate) fn replay(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    tenant: &Tenant,
+    webhook: WebhookId,
+    range: TimeRange,
+    limit: usize,
+    audit: &AuditContext,
+) -> Result<Option<usize>, StoreError> {
+    let Some(hook) = find(tx, tenant, webhook)? else {
+        return Ok(None);
+    };
+    let (from, to) = range.as_unix_seconds();
+    let org = hook.organization_id.as_str().to_string();
+    let rows: Vec<RoutedEvent> = tx
+        .query(
+            &format!(
+                "SELECT {ROUTING_COLUMNS} FROM events
+                 WHERE org = $1 AND created_at >= $2 AND created_at < $3 ORDER BY seq"
+            ),
+            &[&org, &from.unwrap_or(i64::MIN), &to.unwrap_or(i64::MAX)],
+        )
+        .context("reading events to replay")?
+        .iter()
+        .map(RoutedEvent::from_row)
+        .collect();
+    let id = hook.id.to_string();
+    let wanted: Vec<&RoutedEvent> = rows
+        .iter()
+        .filter(|e| {
+            webhook_wants(
+                &id,
+                &org,
+                hook.workspace_id.as_ref().map(|w| w.as_str()),
+                &hook.event_types,
+                &e.routing(),
+            )
+        })
+        .collect();
+    if wanted.len() > limit {
+        return Err(StoreError::TooMany {
+            found: wanted.len(),
+            limit,
+        });
+    }
+    let now = ctx.now;
+    let replayed = wanted
+        .iter()
+        .map(|event| {
+            Ok(NewDelivery {
+                webhook_seq: webhook.number as i64,
+                event: Some((event.seq, event.year()?)),
+                event_type: &event.event_type,
+                trigger: AttemptTrigger::Replay,
+                due: Some(now),
+                lease_owner: None,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    insert_deliveries(tx, ctx, &replayed)?;
+    super::audit::append(
+        tx,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: Some(hook.organization_id.clone()),
+            action: "webhook.replayed",
+            resource: webhook_resource(webhook),
+            changes: json!({"after": {
+                "from": range.from.map(|t| tidings_domain::event::format_timestamp(&t)),
+                "to": range.to.map(|t| tidings_domain::event::format_timestamp(&t)),
+                "replayed": wanted.len(),
+            }}),
+        },
+    )?;
+    Ok(Some(wanted.len()))
+}
+
+pub(crate) fn create_test(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    tenant: &Tenant,
+    webhook: WebhookId,
+    owner: &str,
+    audit: &AuditContext,
+) -> Result<Option<ClaimedDelivery>, StoreError> {
+    let Some(hook) = find(tx, tenant, webhook)? else {
+        return Ok(None);
+    };
+    let test = NewDelivery {
+        webhook_seq: webhook.number as i64,
+        event: None,
+        event_type: "webhook.test",
+        trigger: AttemptTrigger::Test,
+        due: None,
+        lease_owner: Some(owner),
+    };
+    let Some(seq) = insert_deliveries(tx, ctx, &[test])?.pop() else {
+        return Err(StoreError::Corrupt("a test delivery got no number".into()));
+    };
+    let delivery = claimed(tx, seq as i64, ctx.now)?;
+    super::audit::append(
+        tx,
+        ctx,
+        audit,
+        AuditEntry {
+            organization_id: Some(hook.organization_id),
+            action: "webhook.tested",
+            resource: webhook_resource(webhook),
+            changes: json!({"after": {"delivery_id": delivery.as_ref().map(|d| d.id.to_string())}}),
+        },
+    )?;
+    Ok(delivery)
+}

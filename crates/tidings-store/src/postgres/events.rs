@@ -1,0 +1,430 @@
+//! Events on PostgreSQL: the ingest write (a writer job, one `INSERT … SELECT unnest(…)`
+//! per batch) and the read queries with keyset pagination.
+//!
+//! Reads mirror the SQLite store: the most selective equality picks an index whose trailing
+//! column is `seq`, and several exact types become one branch each, merged by `UNION ALL`,
+//! so every branch is an in-order range scan with a limit. Time bounds apply to `created_at`
+//! directly, which also prunes the daily partitions.
+
+use std::collections::HashMap;
+
+use postgres::{GenericClient, Row, Transaction};
+use serde_json::value::RawValue;
+use tidings_domain::audit::AuditContext;
+use tidings_domain::{
+    Actor, Event, EventFilter, EventId, EventType, FieldProblem, NewEvent, Order, Subject, Tenant,
+    TypePattern,
+};
+
+use super::list_query::ListQuery;
+use super::writer::WriterCtx;
+use crate::error::{Context, StoreError};
+use crate::rows::{batch_audit_entries, corrupt, into_page, timestamp, two_digit_year};
+use crate::{Page, PageRequest};
+
+pub(crate) const EVENT_COLUMNS: &str = "seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id, payload, created_at";
+
+/// Maps a row selected with [`EVENT_COLUMNS`].
+pub(crate) fn event_from_row(row: &Row) -> Result<Event, StoreError> {
+    let seq: i64 = row.get(0);
+    let org: String = row.get(1);
+    let workspace: Option<String> = row.get(2);
+    let event_type: String = row.get(3);
+    let actor_type: String = row.get(4);
+    let actor_id: String = row.get(5);
+    let subject_type: String = row.get(6);
+    let subject_id: String = row.get(7);
+    let payload: String = row.get(8);
+    let created_at = timestamp(row.get(9))?;
+    Ok(Event {
+        id: EventId::new(two_digit_year(created_at), seq as u64),
+        event_type: EventType::parse(&event_type).map_err(|e| corrupt("type", e))?,
+        organization_id: org.parse().map_err(|e| corrupt("org", e))?,
+        workspace_id: workspace
+            .map(|w| w.parse())
+            .transpose()
+            .map_err(|e| corrupt("workspace", e))?,
+        actor: Actor {
+            actor_type: actor_type.parse().map_err(|e| corrupt("actor", e))?,
+            id: actor_id.parse().map_err(|e| corrupt("actor", e))?,
+        },
+        subject: Subject {
+            subject_type: subject_type.parse().map_err(|e| corrupt("subject", e))?,
+            id: subject_id.parse().map_err(|e| corrupt("subject", e))?,
+        },
+        payload: RawValue::from_string(payload).map_err(|e| corrupt("payload", e))?,
+        created_at,
+    })
+}
+
+pub(crate) fn list_events(
+    c: &mut impl GenericClient,
+    tenant: &Tenant,
+    filter: &EventFilter,
+    page: PageRequest,
+) -> Result<Page<Event>, StoreError> {
+    let empty = || Page {
+        items: Vec::new(),
+        has_more: false,
+    };
+    let org = match (tenant, &filter.organization_id) {
+        (Tenant::Org(mine), Some(asked)) if mine != asked => return Ok(empty()),
+        (Tenant::Org(mine), _) => Some(mine.as_str()),
+        (Tenant::Platform, asked) => asked.as_ref().map(|o| o.as_str()),
+    };
+    if org.is_none() && filter.workspace_id.is_none() {
+        // Platform-wide scans are not an API feature; the query layer requires one of them.
+        return Err(StoreError::Corrupt(
+            "an event query needs an organization or a workspace".into(),
+        ));
+    }
+
+    let mut query = ListQuery::default();
+    if let Some(org) = org {
+        query.eq("org", org.to_string());
+    }
+    if let Some(ws) = &filter.workspace_id {
+        query.eq("workspace", ws.as_str().to_string());
+    }
+    if let Some(t) = &filter.subject_type {
+        query.eq("subject_type", t.as_str().to_string());
+    }
+    if let Some(t) = &filter.subject_id {
+        query.eq("subject_id", t.as_str().to_string());
+    }
+    if let Some(t) = &filter.actor_id {
+        query.eq("actor_id", t.as_str().to_string());
+    }
+    query.created_within(&filter.range);
+    match (page.order, page.after) {
+        (Order::Desc, Some(after)) => {
+            query.cond("seq < ?", after as i64);
+        }
+        (Order::Asc, Some(after)) => {
+            query.cond("seq > ?", after as i64);
+        }
+        _ => {}
+    }
+
+    let dir = match page.order {
+        Order::Desc => "DESC",
+        Order::Asc => "ASC",
+    };
+    let fetch = page.limit as i64 + 1;
+    let type_conds: Vec<String> = filter
+        .types
+        .iter()
+        .filter_map(|p| match p {
+            TypePattern::All => None,
+            TypePattern::Exact(t) => Some(format!("type = {}", query.bind(t.as_str().to_string()))),
+            // `domain.` .. `domain/`: '/' is the byte after '.' (the column collates as "C").
+            TypePattern::Prefix(prefix) => Some(format!(
+                "(type >= {} AND type < {})",
+                query.bind(prefix.clone()),
+                query.bind(format!("{}/", &prefix[..prefix.len() - 1]))
+            )),
+        })
+        .collect();
+    let base = query.conditions();
+    let by_type_index = org.is_some()
+        && filter.subject_id.is_none()
+        && filter.actor_id.is_none()
+        && filter.workspace_id.is_none();
+    let sql = if by_type_index && type_conds.len() > 1 {
+        // One in-order range scan per type, merged.
+        let branches: Vec<String> = type_conds
+            .iter()
+            .map(|tc| {
+                format!(
+                    "(SELECT {EVENT_COLUMNS} FROM events WHERE {base} AND {tc}
+                      ORDER BY seq {dir} LIMIT {fetch})"
+                )
+            })
+            .collect();
+        format!(
+            "{} ORDER BY seq {dir} LIMIT {fetch}",
+            branches.join(" UNION ALL ")
+        )
+    } else {
+        let mut all = base;
+        if !type_conds.is_empty() {
+            all = format!("{all} AND ({})", type_conds.join(" OR "));
+        }
+        format!("SELECT {EVENT_COLUMNS} FROM events WHERE {all} ORDER BY seq {dir} LIMIT {fetch}")
+    };
+    let rows = c.query(&sql, &query.params()).context("querying events")?;
+    let items = rows
+        .iter()
+        .map(event_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(into_page(items, page.limit))
+}
+
+/// Unix seconds where the year an ID carries starts and ends (IDs carry two digits: 20YY).
+fn year_bounds(year: u8) -> (i64, i64) {
+    let start = |y: i32| {
+        chrono::NaiveDate::from_ymd_opt(y, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(0, |t| t.and_utc().timestamp())
+    };
+    let y = 2000 + i32::from(year);
+    (start(y), start(y + 1))
+}
+
+pub(crate) fn get_event(
+    c: &mut impl GenericClient,
+    tenant: &Tenant,
+    id: EventId,
+) -> Result<Option<Event>, StoreError> {
+    // The year in the ID limits the lookup to that year's partitions.
+    let (from, to) = year_bounds(id.year);
+    let found = c
+        .query_opt(
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE seq = $1 AND created_at >= $2 AND created_at < $3"
+            ),
+            &[&(id.number as i64), &from, &to],
+        )
+        .context("looking up an event")?
+        .map(|r| event_from_row(&r))
+        .transpose()?;
+    Ok(found.filter(|e| {
+        e.id == id
+            && match tenant {
+                Tenant::Org(org) => e.organization_id == *org,
+                Tenant::Platform => true,
+            }
+    }))
+}
+
+/// Reads events by number (any order); `None` for numbers that are gone.
+fn events_by_seq(
+    tx: &mut Transaction<'_>,
+    seqs: &[i64],
+) -> Result<HashMap<i64, Event>, StoreError> {
+    if seqs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = tx
+        .query(
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1)"),
+            &[&seqs],
+        )
+        .context("reading events by number")?;
+    rows.iter()
+        .map(|r| event_from_row(r).map(|e| (e.id.number as i64, e)))
+        .collect()
+}
+
+/// Records one ingest batch (a writer job): all of it, or — on a conflict with stored data —
+/// none of it. A repeated idempotency key yields the event first recorded. The new events go
+/// in with one statement, whatever the batch size.
+pub(crate) fn insert_events(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    events: &[NewEvent],
+) -> Result<Vec<Event>, StoreError> {
+    let created_at = ctx.event_time(tx)?;
+    let secs = created_at.timestamp();
+    ctx.ensure_partition(tx, "events", secs)?;
+    let mut problems = Vec::new();
+
+    // Workspaces: learn owners not cached yet in one query; the first event naming a new
+    // workspace claims it for its organization.
+    let unknown: Vec<String> = events
+        .iter()
+        .filter_map(|e| e.workspace_id.as_ref().map(|w| w.as_str()))
+        .filter(|w| ctx.workspace_owner(w).is_none())
+        .map(str::to_string)
+        .collect();
+    if !unknown.is_empty() {
+        for row in tx
+            .query(
+                "SELECT workspace, org FROM workspaces WHERE workspace = ANY($1)",
+                &[&unknown],
+            )
+            .context("looking up workspaces")?
+        {
+            let (ws, org): (String, String) = (row.get(0), row.get(1));
+            ctx.learn_workspace(&ws, &org);
+        }
+    }
+    let mut new_workspaces: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for (index, e) in events.iter().enumerate() {
+        let Some(ws) = &e.workspace_id else { continue };
+        let (ws, org) = (ws.as_str(), e.organization_id.as_str());
+        match ctx.workspace_owner(ws) {
+            Some(owner) if owner != org => problems.push(FieldProblem {
+                index,
+                field: "workspace_id".into(),
+                reason: format!(
+                    "workspace {ws} belongs to another organization; a workspace belongs to exactly one"
+                ),
+            }),
+            Some(_) => {}
+            None => {
+                ctx.learn_workspace(ws, org);
+                new_workspaces.0.push(ws.to_string());
+                new_workspaces.1.push(org.to_string());
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(StoreError::Rejected(problems));
+    }
+    if !new_workspaces.0.is_empty() {
+        tx.execute(
+            "INSERT INTO workspaces (workspace, org) SELECT * FROM unnest($1::text[], $2::text[])",
+            &[&new_workspaces.0, &new_workspaces.1],
+        )
+        .context("recording workspaces")?;
+    }
+
+    // Idempotency keys already used (earlier batches), then repeats within this batch.
+    let keyed: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| {
+            e.idempotency_key
+                .as_ref()
+                .map(|k| (e.organization_id.as_str().to_string(), k.clone()))
+        })
+        .collect();
+    let mut seen: HashMap<(String, String), i64> = HashMap::new();
+    if !keyed.is_empty() {
+        let (orgs, keys): (Vec<String>, Vec<String>) = keyed.iter().cloned().unzip();
+        for row in tx
+            .query(
+                "SELECT i.org, i.key, i.seq FROM event_idempotency i
+                 JOIN unnest($1::text[], $2::text[]) AS k(org, key)
+                   ON i.org = k.org AND i.key = k.key",
+                &[&orgs, &keys],
+            )
+            .context("looking up idempotency keys")?
+        {
+            seen.insert((row.get(0), row.get(1)), row.get(2));
+        }
+    }
+
+    // Number the new events; remember which input is a repeat of which number.
+    enum Slot {
+        New(usize),
+        Repeat(i64),
+    }
+    let mut slots = Vec::with_capacity(events.len());
+    let mut fresh: Vec<(i64, &NewEvent)> = Vec::with_capacity(events.len());
+    for e in events {
+        let key = e
+            .idempotency_key
+            .as_ref()
+            .map(|k| (e.organization_id.as_str().to_string(), k.clone()));
+        if let Some(seq) = key.as_ref().and_then(|k| seen.get(k)) {
+            slots.push(Slot::Repeat(*seq));
+            continue;
+        }
+        let seq = ctx.next_id(tx, "EVT")? as i64;
+        if let Some(k) = key {
+            seen.insert(k, seq);
+        }
+        slots.push(Slot::New(fresh.len()));
+        fresh.push((seq, e));
+    }
+
+    if !fresh.is_empty() {
+        let col = |f: fn(&NewEvent) -> String| -> Vec<String> {
+            fresh.iter().map(|(_, e)| f(e)).collect()
+        };
+        let seqs: Vec<i64> = fresh.iter().map(|(s, _)| *s).collect();
+        let workspaces: Vec<Option<String>> = fresh
+            .iter()
+            .map(|(_, e)| e.workspace_id.as_ref().map(|w| w.as_str().to_string()))
+            .collect();
+        tx.execute(
+            "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
+                                 subject_id, payload, created_at)
+             SELECT seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id,
+                    payload, $10
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[])
+                  AS e(seq, org, workspace, type, actor_type, actor_id, subject_type,
+                       subject_id, payload)",
+            &[
+                &seqs,
+                &col(|e| e.organization_id.as_str().to_string()),
+                &workspaces,
+                &col(|e| e.event_type.as_str().to_string()),
+                &col(|e| e.actor.actor_type.as_str().to_string()),
+                &col(|e| e.actor.id.as_str().to_string()),
+                &col(|e| e.subject.subject_type.as_str().to_string()),
+                &col(|e| e.subject.id.as_str().to_string()),
+                &col(|e| e.payload.get().to_string()),
+                &secs,
+            ],
+        )
+        .context("inserting events")?;
+        let (mut key_orgs, mut key_names, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
+        for (seq, e) in &fresh {
+            if let Some(k) = &e.idempotency_key {
+                key_orgs.push(e.organization_id.as_str().to_string());
+                key_names.push(k.clone());
+                key_seqs.push(*seq);
+            }
+        }
+        if !key_seqs.is_empty() {
+            tx.execute(
+                "INSERT INTO event_idempotency (org, key, seq, created_at)
+                 SELECT org, key, seq, $4 FROM unnest($1::text[], $2::text[], $3::bigint[])
+                      AS k(org, key, seq)",
+                &[&key_orgs, &key_names, &key_seqs, &secs],
+            )
+            .context("recording idempotency keys")?;
+        }
+    }
+
+    // Repeats of earlier batches are read back; repeats within this batch are copies.
+    let earlier: Vec<i64> = slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Repeat(seq) if !fresh.iter().any(|(f, _)| f == seq) => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let stored = events_by_seq(tx, &earlier)?;
+    let year = two_digit_year(created_at);
+    let new_event = |seq: i64, e: &NewEvent| Event {
+        id: EventId::new(year, seq as u64),
+        event_type: e.event_type.clone(),
+        organization_id: e.organization_id.clone(),
+        workspace_id: e.workspace_id.clone(),
+        actor: e.actor.clone(),
+        subject: e.subject.clone(),
+        payload: e.payload.clone(),
+        created_at,
+    };
+    slots
+        .iter()
+        .map(|slot| match slot {
+            Slot::New(i) => Ok(new_event(fresh[*i].0, fresh[*i].1)),
+            Slot::Repeat(seq) => match fresh.iter().find(|(f, _)| f == seq) {
+                Some((s, e)) => Ok(new_event(*s, e)),
+                None => stored.get(seq).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("idempotency key names event {seq}, which is gone"))
+                }),
+            },
+        })
+        .collect()
+}
+
+/// An ingest batch with its audit records: one `events.ingested` per organization in it.
+pub(crate) fn ingest(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    events: &[NewEvent],
+    audit: &AuditContext,
+) -> Result<Vec<Event>, StoreError> {
+    let recorded = insert_events(tx, ctx, events)?;
+    for entry in batch_audit_entries(&recorded) {
+        super::audit::append(tx, ctx, audit, entry)?;
+    }
+    Ok(recorded)
+}

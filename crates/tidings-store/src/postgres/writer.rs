@@ -1,0 +1,285 @@
+//! The writer of one process and its group commit, on PostgreSQL.
+//!
+//! As on SQLite, every write is a [`Job`] run on the writer's connection, and every job
+//! waiting when the writer wakes up joins one transaction, each inside its own savepoint.
+//! Across processes, each group first takes one transaction-level advisory lock, so write
+//! groups of all processes commit one at a time. That is what makes event numbers commit in
+//! order (the newest visible number is the high-water mark below which every number is
+//! settled), keeps ID numbers dense and the audit chains linear. Group commit amortises the
+//! lock: every request a process has waiting shares one round of it and one WAL flush.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, mpsc};
+
+use chrono::{DateTime, Utc};
+use postgres::{Client, Transaction};
+use tokio::sync::oneshot;
+
+use super::partitions;
+use crate::clock::Clock;
+use crate::error::{Context, StoreError};
+
+/// What a job leaves behind: whether to keep its savepoint, and what to do once the
+/// transaction's fate is known (`None` = committed, `Some(reason)` = not).
+type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
+type JobFn = Box<dyn FnOnce(&mut Transaction<'_>, &mut WriterCtx<'_>) -> (bool, Completion) + Send>;
+
+/// The advisory lock every write group holds until it commits.
+pub const WRITE_LOCK: i64 = 0x7469_6469_6e67; // "tiding"
+
+pub(crate) struct Job {
+    weight: usize,
+    run: JobFn,
+}
+
+impl Job {
+    /// A job computing `T`; its reply is sent after the commit.
+    pub(crate) fn new<T: Send + 'static>(
+        weight: usize,
+        work: impl FnOnce(&mut Transaction<'_>, &mut WriterCtx<'_>) -> Result<T, StoreError>
+        + Send
+        + 'static,
+        reply: oneshot::Sender<Result<T, StoreError>>,
+    ) -> Self {
+        Self {
+            weight,
+            run: Box::new(move |tx, ctx| {
+                let result = work(tx, ctx);
+                let keep = result.is_ok();
+                let completion: Completion = Box::new(move |commit_error| {
+                    let outcome = match commit_error {
+                        None => result,
+                        Some(reason) => Err(StoreError::Write(reason.to_string())),
+                    };
+                    let _ = reply.send(outcome);
+                });
+                (keep, completion)
+            }),
+        }
+    }
+}
+
+/// Upper bound on the weight folded into one transaction; keeps a group's latency bounded.
+const MAX_GROUP_WEIGHT: usize = 20_000;
+
+/// Caches that outlive a group: facts that never change once committed.
+#[derive(Default)]
+pub(crate) struct Known {
+    /// workspace -> organization.
+    workspaces: HashMap<String, String>,
+    /// (table, day) partitions known to exist.
+    partitions: HashSet<(&'static str, i64)>,
+}
+
+/// State shared by the jobs of one group: the clock reading, ID sequences, caches.
+pub(crate) struct WriterCtx<'a> {
+    pub now: DateTime<Utc>,
+    ids: HashMap<&'static str, u64>,
+    event_time: Option<DateTime<Utc>>,
+    known: &'a Known,
+    learnt_workspaces: HashMap<String, String>,
+    learnt_partitions: HashSet<(&'static str, i64)>,
+}
+
+/// What a committed group learnt, merged into [`Known`].
+type Learnt = (HashMap<String, String>, HashSet<(&'static str, i64)>);
+
+type Snapshot = (
+    HashMap<&'static str, u64>,
+    HashMap<String, String>,
+    HashSet<(&'static str, i64)>,
+);
+
+impl WriterCtx<'_> {
+    /// The next number for `prefix` (`EVT`, `KEY`, `WHK`, `DLV`, `AUD`). One path mints every ID.
+    pub fn next_id(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        prefix: &'static str,
+    ) -> Result<u64, StoreError> {
+        let last = match self.ids.get(prefix) {
+            Some(n) => *n,
+            None => tx
+                .query_opt(
+                    "SELECT last FROM id_sequences WHERE prefix = $1",
+                    &[&prefix],
+                )
+                .context("reading an ID sequence")?
+                .map_or(0, |r| r.get::<_, i64>(0)) as u64,
+        };
+        self.ids.insert(prefix, last + 1);
+        Ok(last + 1)
+    }
+
+    /// Gives back the number `next_id` just returned for `prefix`, when nothing was stored
+    /// under it, so numbers stay dense. Only valid right after that `next_id`.
+    pub fn unmint(&mut self, prefix: &'static str) {
+        if let Some(n) = self.ids.get_mut(prefix) {
+            *n -= 1;
+        }
+    }
+
+    /// `created_at` for events recorded in this group: never before the newest stored event,
+    /// even if this machine's clock is behind another's.
+    pub fn event_time(&mut self, tx: &mut Transaction<'_>) -> Result<DateTime<Utc>, StoreError> {
+        if let Some(t) = self.event_time {
+            return Ok(t);
+        }
+        let newest: i64 = tx
+            .query_one("SELECT last_created_at FROM event_clock WHERE id = 1", &[])
+            .context("reading the newest event time")?
+            .get(0);
+        let secs = self.now.timestamp().max(newest);
+        let t = DateTime::from_timestamp(secs, 0)
+            .ok_or_else(|| StoreError::Corrupt(format!("timestamp {secs} out of range")))?;
+        if secs != newest {
+            tx.execute(
+                "UPDATE event_clock SET last_created_at = $1 WHERE id = 1",
+                &[&secs],
+            )
+            .context("advancing the event clock")?;
+        }
+        self.event_time = Some(t);
+        Ok(t)
+    }
+
+    pub fn workspace_owner(&self, workspace: &str) -> Option<&String> {
+        self.known
+            .workspaces
+            .get(workspace)
+            .or_else(|| self.learnt_workspaces.get(workspace))
+    }
+
+    pub fn learn_workspace(&mut self, workspace: &str, org: &str) {
+        self.learnt_workspaces
+            .insert(workspace.to_string(), org.to_string());
+    }
+
+    /// Makes sure `table` has the daily partition that holds `created_at` (unix seconds).
+    pub fn ensure_partition(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &'static str,
+        created_at: i64,
+    ) -> Result<(), StoreError> {
+        let day = partitions::day_of(created_at);
+        if self.known.partitions.contains(&(table, day))
+            || self.learnt_partitions.contains(&(table, day))
+        {
+            return Ok(());
+        }
+        partitions::create(tx, table, day)?;
+        self.learnt_partitions.insert((table, day));
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        (
+            self.ids.clone(),
+            self.learnt_workspaces.clone(),
+            self.learnt_partitions.clone(),
+        )
+    }
+
+    fn restore(&mut self, snapshot: Snapshot) {
+        (self.ids, self.learnt_workspaces, self.learnt_partitions) = snapshot;
+    }
+}
+
+/// Runs write groups until every sender is gone. `client` is the connection opened at
+/// start-up; after a lost connection the next group connects again to `url`.
+pub(crate) fn run(url: String, client: Client, rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>) {
+    let mut known = Known::default();
+    let mut client = Some(client);
+    while let Ok(first) = rx.recv() {
+        let mut weight = first.weight;
+        let mut group = vec![first];
+        while weight < MAX_GROUP_WEIGHT {
+            match rx.try_recv() {
+                Ok(job) => {
+                    weight += job.weight;
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let conn = match client.take() {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => super::connect(&url),
+        };
+        match conn {
+            Ok(mut c) => {
+                run_group(&mut c, clock.now(), &mut known, group);
+                client = Some(c);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the PostgreSQL writer cannot connect");
+                // Dropping the jobs closes their reply channels: each caller sees its write
+                // fail, and nothing was written.
+                drop(group);
+            }
+        }
+    }
+    tracing::debug!("postgres writer stopped");
+}
+
+fn run_group(client: &mut Client, now: DateTime<Utc>, known: &mut Known, group: Vec<Job>) {
+    let mut completions = Vec::with_capacity(group.len());
+    let outcome = (|| -> Result<Learnt, StoreError> {
+        let mut tx = client
+            .transaction()
+            .context("starting a write transaction")?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+            .context("taking the write lock")?;
+        let mut ctx = WriterCtx {
+            now,
+            ids: HashMap::new(),
+            event_time: None,
+            known,
+            learnt_workspaces: HashMap::new(),
+            learnt_partitions: HashSet::new(),
+        };
+        for job in group {
+            let mut sp = tx.savepoint("job").context("opening a job savepoint")?;
+            let snapshot = ctx.snapshot();
+            let (keep, completion) = (job.run)(&mut sp, &mut ctx);
+            completions.push(completion);
+            if keep {
+                sp.commit().context("releasing a job savepoint")?;
+            } else {
+                sp.rollback().context("rolling a job back")?;
+                ctx.restore(snapshot);
+            }
+        }
+        for (prefix, last) in &ctx.ids {
+            tx.execute(
+                "INSERT INTO id_sequences (prefix, last) VALUES ($1, $2)
+                 ON CONFLICT (prefix) DO UPDATE SET last = excluded.last",
+                &[prefix, &(*last as i64)],
+            )
+            .context("advancing an ID sequence")?;
+        }
+        let learnt = (
+            std::mem::take(&mut ctx.learnt_workspaces),
+            std::mem::take(&mut ctx.learnt_partitions),
+        );
+        tx.commit().context("committing a write group")?;
+        Ok(learnt)
+    })();
+    match outcome {
+        Ok((workspaces, partitions)) => {
+            known.workspaces.extend(workspaces);
+            known.partitions.extend(partitions);
+            for completion in completions {
+                completion(None);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, jobs = completions.len(), "group commit failed");
+            let reason = e.to_string();
+            for completion in completions {
+                completion(Some(&reason));
+            }
+        }
+    }
+}
