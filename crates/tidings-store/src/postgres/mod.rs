@@ -62,11 +62,14 @@ pub struct PostgresStore {
 
 /// Opens one connection. `url` is a libpq-style URL or key=value string.
 pub(crate) fn connect(url: &str) -> Result<Client, StoreError> {
-    let mut client = Client::connect(url, NoTls).context("connecting to PostgreSQL")?;
-    // The time zone never matters (times are stored as numbers); a statement that hangs
-    // on a lock for a minute is a bug worth an error rather than a stuck request.
+    let mut client = Client::connect(url, NoTls).context("connecting")?;
+    // A statement that hangs on a lock for a minute is a bug worth an error rather than a
+    // stuck request; notices ("partition already exists, skipping") are not worth a log line.
     client
-        .batch_execute("SET statement_timeout = '60s'; SET lock_timeout = '30s'")
+        .batch_execute(
+            "SET statement_timeout = '60s'; SET lock_timeout = '30s';
+             SET client_min_messages = warning",
+        )
         .context("configuring the connection")?;
     Ok(client)
 }

@@ -50,7 +50,13 @@ pub(crate) fn sweep(
     policy: RetentionPolicy,
     batch: usize,
 ) -> Result<SweepReport, StoreError> {
-    partitions::create_ahead(tx, ctx.now.timestamp())?;
+    // The coming days' partitions (cached: a day known to exist costs nothing).
+    let today = ctx.now.timestamp();
+    for table in partitions::TABLES {
+        for day in 0..=partitions::DAYS_AHEAD {
+            ctx.ensure_partition(tx, table, today + day * 86_400)?;
+        }
+    }
 
     let events_cutoff = cutoff(ctx, policy.events);
     // Keys go with their events (first, so none outlives its event).

@@ -162,22 +162,21 @@ CREATE TABLE audit_checkpoints (
 /// Applies every migration newer than the database, each in its own transaction under the
 /// write lock, so processes starting together apply each one once.
 pub(crate) fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version    bigint PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )
-        .or_else(|e| {
-            // Two processes creating the table at once: one wins, the other finds it.
-            if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .context("creating the migrations table")?;
+    // Under the write lock: concurrent `CREATE TABLE IF NOT EXISTS` can still fail with
+    // "already exists" when several processes start at once.
+    let mut tx = client
+        .transaction()
+        .context("starting the migrations table")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .context("taking the write lock")?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    bigint PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .context("creating the migrations table")?;
+    tx.commit().context("committing the migrations table")?;
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     for (version, sql) in MIGRATIONS {
         let mut tx = client.transaction().context("starting a migration")?;
