@@ -53,7 +53,7 @@ use tidings_store::sqlite::{DATABASE_FILE, RawSqliteBaseline};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::demo::{EventGenerator, SEED_ORG, SEED_SERVICE_LINE, SEED_WORKSPACE};
-use crate::server::{RunningServer, ServerConfig};
+use crate::server::{RunningServer, ServerConfig, StoreLocation};
 
 /// Requests' bodies are generated this many events at a time, between timed windows.
 const CHUNK_EVENTS: u64 = 100_000;
@@ -524,7 +524,11 @@ async fn producer_key(server: &RunningServer) -> anyhow::Result<String> {
 }
 
 async fn start_server(data_dir: &Path) -> anyhow::Result<RunningServer> {
-    let config = ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", data_dir.to_path_buf());
+    let config = ServerConfig::new(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        StoreLocation::Embedded(data_dir.to_path_buf()),
+    );
     RunningServer::start(&config).await
 }
 
@@ -1045,7 +1049,11 @@ impl DeliveryRig {
     /// producer key and a webhook administrator key for the seed organization. It has no
     /// webhooks yet: see [`DeliveryRig::add_webhook`].
     async fn start(data_dir: &Path, args: &BenchArgs) -> anyhow::Result<Self> {
-        let mut config = ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", data_dir.to_path_buf());
+        let mut config = ServerConfig::new(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            StoreLocation::Embedded(data_dir.to_path_buf()),
+        );
         config.allow_private_webhooks = true;
         let server = RunningServer::start(&config).await?;
         let ingest_key = producer_key(&server).await?;

@@ -6,14 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tidings::client::ApiClient;
 use tidings::emit::{EmitSource, emit, event_from_flags};
-use tidings::server::{RunningServer, ServerConfig};
+use tidings::server::{RunningServer, ServerConfig, StoreLocation};
 use tidings_domain::webhook::{RetrySchedule, SigningSecret};
 use tidings_domain::{OrgId, Scope};
-use tidings_store::{RetentionPolicy, SqliteStore, Store};
+use tidings_store::{RetentionPolicy, Store, SystemClock};
 
 // Ingest and delivery allocate many small, short-lived objects across threads; glibc's
 // malloc showed up as ~20 % of the request threads' time in profiles (see BENCHMARKS.md).
@@ -188,11 +187,30 @@ enum AuditCommand {
     },
 }
 
+/// Which store: the embedded one in `--data-dir`, or PostgreSQL with `--database-url`.
 #[derive(Args)]
 struct StoreArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "TIDINGS_DATA_DIR", default_value = "./tidings-data")]
     data_dir: PathBuf,
+    /// A PostgreSQL database to use instead of the embedded store, which several `tidings
+    /// serve` processes may share: postgres://USER:PASSWORD@HOST:PORT/DATABASE.
+    #[arg(
+        long,
+        env = "TIDINGS_DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "data_dir"
+    )]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn location(&self) -> StoreLocation {
+        match &self.database_url {
+            Some(url) => StoreLocation::Postgres(url.clone()),
+            None => StoreLocation::Embedded(self.data_dir.clone()),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -219,6 +237,11 @@ struct ServeArgs {
     #[arg(long, env = "TIDINGS_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h",
           value_parser = |s: &str| RetrySchedule::parse(s))]
     webhook_retry_schedule: RetrySchedule,
+    /// How long a claimed delivery stays one process's: if the process dies, another
+    /// attempts the delivery once this has passed. Keep it above the 15 s an attempt may take.
+    #[arg(long, env = "TIDINGS_WEBHOOK_LEASE", default_value = "60s",
+          value_parser = positive_duration)]
+    webhook_lease: Duration,
     /// Requests in flight to one webhook endpoint at a time.
     #[arg(long, env = "TIDINGS_WEBHOOK_CONCURRENCY", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -242,6 +265,16 @@ struct ServeArgs {
 
 fn duration(s: &str) -> Result<Duration, String> {
     tidings_domain::parse_duration(s)
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err("must be longer than 0s".into())
+        } else {
+            Ok(d)
+        }
+    })
 }
 
 #[derive(Subcommand)]
@@ -336,9 +369,10 @@ fn init_logging(format: &str, default_level: &str) {
     }
 }
 
-fn open_store(args: &StoreArgs) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(&args.data_dir)
-        .with_context(|| format!("opening the store in {}", args.data_dir.display()))
+/// The one place the commands open their store (`serve` opens it through the same
+/// [`StoreLocation::open`]).
+async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    args.location().open(Arc::new(SystemClock)).await
 }
 
 #[tokio::main]
@@ -404,6 +438,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allow_private_webhooks: args.allow_private_webhooks,
         retry_schedule: args.webhook_retry_schedule,
         webhook_concurrency: usize::from(args.webhook_concurrency),
+        webhook_lease: args.webhook_lease,
         rate_limit: args.rate_limit,
         rate_limit_burst: args.rate_limit_burst,
         retention: RetentionPolicy {
@@ -411,14 +446,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             deliveries: args.delivery_retention,
             audit_records: args.audit_retention,
         },
-        ..ServerConfig::new(&args.listen, &args.ingest_listen, args.store.data_dir)
+        ..ServerConfig::new(&args.listen, &args.ingest_listen, args.store.location())
     };
     let mut server = RunningServer::start(&config).await?;
     println!(
-        "Tidings is listening: public API http://{} , ingest http://{} , data in {}",
-        server.public_addr,
-        server.ingest_addr,
-        config.data_dir.display()
+        "Tidings is listening: public API http://{} , ingest http://{} , {}",
+        server.public_addr, server.ingest_addr, config.store
     );
     let demo = if args.demo {
         let store = Arc::clone(&server.store);
@@ -589,8 +622,8 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
 }
 
 async fn audit_verify(org: Option<String>, store: StoreArgs) -> anyhow::Result<()> {
-    let store = open_store(&store)?;
-    let reports = tidings::audit::verify(&store, org.as_deref()).await?;
+    let store = open_store(&store).await?;
+    let reports = tidings::audit::verify(store.as_ref(), org.as_deref()).await?;
     let mut broken = 0;
     for r in &reports {
         if r.problems.is_empty() {
@@ -651,18 +684,18 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--org: {}", e.0))?;
             let scopes =
                 Scope::parse_list(&scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
-            let store = open_store(&store)?;
+            let store = open_store(&store).await?;
             let (_, secret) =
-                tidings::keys::create(&store, org, scopes, description, rate_limit).await?;
+                tidings::keys::create(store.as_ref(), org, scopes, description, rate_limit).await?;
             println!("{secret}");
         }
         KeysCommand::List { store } => {
-            let store = open_store(&store)?;
+            let store = open_store(&store).await?;
             print!("{}", tidings::keys::render_table(&store.list_keys().await?));
         }
         KeysCommand::Revoke { id, store } => {
-            let store = open_store(&store)?;
-            let key = tidings::keys::revoke(&store, &id).await?;
+            let store = open_store(&store).await?;
+            let key = tidings::keys::revoke(store.as_ref(), &id).await?;
             eprintln!("revoked {}", key.id);
         }
     }

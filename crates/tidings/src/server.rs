@@ -10,18 +10,104 @@ use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{Catalog, EventTypeInfo};
 use tidings_http::AppState;
 use tidings_http::rate_limit::RateLimits;
+use tidings_store::postgres::PostgresStore;
 use tidings_store::{Clock, RetentionPolicy, SqliteStore, Store, SweepReport, SystemClock};
 use tidings_webhooks::{Dispatcher, DispatcherConfig, WebhookClient, WebhookServices};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+/// Where the data lives: the embedded SQLite store in a directory (one process), or a
+/// PostgreSQL database (any number of processes).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The directory of the embedded store.
+    Embedded(PathBuf),
+    /// A PostgreSQL connection string: a URL (`postgres://user:password@host:port/db`) or
+    /// libpq `key=value` pairs.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Opens (and migrates) the store. The work runs off the async runtime.
+    pub async fn open(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Store>> {
+        let location = self.clone();
+        tokio::task::spawn_blocking(move || location.open_blocking(clock))
+            .await
+            .context("the task opening the store failed")?
+    }
+
+    /// Like [`StoreLocation::open`], for code that is not async.
+    pub fn open_blocking(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self {
+            Self::Embedded(dir) => Arc::new(
+                SqliteStore::open_with_clock(dir, clock)
+                    .with_context(|| format!("opening the store in {}", dir.display()))?,
+            ),
+            Self::Postgres(url) => Arc::new(
+                PostgresStore::connect_with_clock(url, clock)
+                    .with_context(|| format!("opening the PostgreSQL store at {}", redact(url)))?,
+            ),
+        })
+    }
+}
+
+/// Says which store, never with a password: `embedded store in DIR` or `PostgreSQL at URL`.
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded(dir) => write!(f, "embedded store in {}", dir.display()),
+            Self::Postgres(url) => write!(f, "PostgreSQL at {}", redact(url)),
+        }
+    }
+}
+
+/// Like `Display`: a configuration dump must not print the database password either.
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded(dir) => f.debug_tuple("Embedded").field(dir).finish(),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&redact(url)).finish(),
+        }
+    }
+}
+
+/// A connection string without its password, as the driver reads it:
+/// `postgres://user@host:port/dbname`. Anything it cannot read is not shown at all.
+pub fn redact(url: &str) -> String {
+    let Ok(config) = url.parse::<postgres::Config>() else {
+        return "(a connection string that does not parse)".into();
+    };
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
 /// Everything `serve` needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: String,
     pub ingest_listen: String,
-    pub data_dir: PathBuf,
+    pub store: StoreLocation,
     /// A JSON file with extra event types: `[{"name": "...", "description": "..."}]`.
     pub event_types_file: Option<PathBuf>,
     /// Let webhooks reach loopback and private addresses over plain http (development).
@@ -35,15 +121,17 @@ pub struct ServerConfig {
     pub retention: RetentionPolicy,
     /// How often the retention sweep runs.
     pub sweep_interval: Duration,
+    /// How long a claimed delivery stays this process's before another may attempt it.
+    pub webhook_lease: Duration,
 }
 
 impl ServerConfig {
-    /// Defaults for everything but the addresses and the data directory.
-    pub fn new(listen: &str, ingest_listen: &str, data_dir: PathBuf) -> Self {
+    /// Defaults for everything but the addresses and the store.
+    pub fn new(listen: &str, ingest_listen: &str, store: StoreLocation) -> Self {
         Self {
             listen: listen.into(),
             ingest_listen: ingest_listen.into(),
-            data_dir,
+            store,
             event_types_file: None,
             allow_private_webhooks: false,
             retry_schedule: RetrySchedule::default(),
@@ -52,6 +140,7 @@ impl ServerConfig {
             rate_limit_burst: 200,
             retention: RetentionPolicy::default(),
             sweep_interval: Duration::from_secs(60),
+            webhook_lease: DispatcherConfig::default().lease,
         }
     }
 }
@@ -132,17 +221,14 @@ async fn run_retention(
 }
 
 impl RunningServer {
-    /// Opens the embedded store in `config.data_dir` and starts serving.
+    /// Opens the store at `config.store` and starts serving.
     pub async fn start(config: &ServerConfig) -> anyhow::Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open_with_clock(&config.data_dir, Arc::clone(&clock))
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-        );
+        let store = config.store.open(Arc::clone(&clock)).await?;
         Self::with_store(config, store, clock).await
     }
 
-    /// Starts serving on an already opened store (`config.data_dir` is then only reported).
+    /// Starts serving on an already opened store (`config.store` is then only reported).
     /// `clock` must be the store's.
     pub async fn with_store(
         config: &ServerConfig,
@@ -157,6 +243,14 @@ impl RunningServer {
             clock: Arc::clone(&clock),
             wake: Arc::new(Notify::new()),
         };
+        if config.webhook_lease < tidings_domain::webhook::ATTEMPT_TIMEOUT {
+            tracing::warn!(
+                lease = ?config.webhook_lease,
+                attempt_timeout = ?tidings_domain::webhook::ATTEMPT_TIMEOUT,
+                "the webhook lease is shorter than an attempt may take: a slow endpoint may \
+                 get the same delivery twice"
+            );
+        }
         if config.allow_private_webhooks {
             tracing::warn!(
                 "--allow-private-webhooks: webhooks may reach private addresses over http"
@@ -202,6 +296,7 @@ impl RunningServer {
             DispatcherConfig {
                 schedule: config.retry_schedule.clone(),
                 per_endpoint: config.webhook_concurrency.max(1),
+                lease: config.webhook_lease,
                 ..DispatcherConfig::default()
             },
             Arc::clone(&webhooks.wake),
@@ -222,7 +317,7 @@ impl RunningServer {
             }),
             sweeper,
         ];
-        tracing::info!(%public_addr, %ingest_addr, data_dir = %config.data_dir.display(), "listening");
+        tracing::info!(%public_addr, %ingest_addr, store = %config.store, "listening");
         Ok(Self {
             public_addr,
             ingest_addr,
@@ -251,5 +346,45 @@ impl RunningServer {
             task.await??;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_connection_strings() {
+        for (url, shown) in [
+            (
+                "postgres://tidings:s3cret@db.internal:5432/tidings",
+                "postgres://tidings@db.internal:5432/tidings",
+            ),
+            (
+                "postgresql://u:p%40ss@h/db?sslmode=disable&password=x&application_name=t",
+                "postgres://u@h:5432/db",
+            ),
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            (
+                "host=db user=t password=s3cret dbname=x",
+                "postgres://t@db/x",
+            ),
+            (
+                "host=db password = 'it\\'s secret' dbname=x",
+                "postgres://@db/x",
+            ),
+            (
+                "not a url password=x",
+                "(a connection string that does not parse)",
+            ),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        let location = StoreLocation::Postgres("postgres://u:s3cret@h/db".into());
+        assert!(!location.to_string().contains("s3cret"));
+        assert!(!format!("{location:?}").contains("s3cret"));
     }
 }

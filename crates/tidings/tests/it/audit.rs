@@ -8,8 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tidings_domain::Scope;
 
-use crate::harness::{TestApp, assert_error, event};
-use crate::process::tidings;
+use crate::harness::{Backend, TestApp, TestStore, assert_error, backend, event};
+use crate::process::tidings_on;
 use crate::receiver::Receiver;
 use crate::webhooks::ORG;
 
@@ -239,9 +239,65 @@ async fn every_write_is_audited_once_with_its_fields_and_no_secrets() {
     assert!(reports.iter().all(|r| r.problems.is_empty()), "{reports:?}");
 }
 
-fn verify_output(dir: &str) -> (bool, String) {
-    let (ok, out, err) = tidings(&["audit", "verify", "--data-dir", dir]);
+fn verify_output(store: &TestStore) -> (bool, String) {
+    let (ok, out, err) = tidings_on(store, &["audit", "verify"]);
     (ok, format!("{out}{err}"))
+}
+
+/// The test's database opened behind Tidings' back, to tamper with it: the SQLite file, or
+/// the test's PostgreSQL database. Statements are plain SQL both understand.
+enum Backdoor<'a> {
+    Sqlite(rusqlite::Connection),
+    Postgres(&'a TestStore),
+}
+
+impl<'a> Backdoor<'a> {
+    fn open(store: &'a TestStore) -> Self {
+        match backend() {
+            Backend::Embedded => Self::Sqlite(
+                rusqlite::Connection::open(store.path().join(tidings_store::sqlite::DATABASE_FILE))
+                    .unwrap(),
+            ),
+            Backend::Postgres => Self::Postgres(store),
+        }
+    }
+
+    fn execute(&self, sql: &str) {
+        match self {
+            Self::Sqlite(db) => {
+                db.execute(sql, []).unwrap();
+            }
+            Self::Postgres(store) => store.postgres(|c| c.batch_execute(sql).unwrap()),
+        }
+    }
+
+    fn audit_seqs(&self, chain: &str) -> Vec<i64> {
+        let sql = format!("SELECT seq FROM audit_records WHERE chain = '{chain}' ORDER BY seq");
+        match self {
+            Self::Sqlite(db) => db
+                .prepare(&sql)
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect(),
+            Self::Postgres(store) => store.postgres(|c| {
+                c.query(&sql, &[])
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+            }),
+        }
+    }
+
+    /// An SQL expression for 32 random bytes.
+    fn random_hash(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "randomblob(32)",
+            Self::Postgres(_) => "decode(md5(random()::text) || md5(random()::text), 'hex')",
+        }
+    }
 }
 
 #[tokio::test]
@@ -250,65 +306,57 @@ async fn editing_deleting_or_inserting_a_record_is_named_by_audit_verify() {
     for _ in 0..5 {
         app.org_key(ORG, &[Scope::EventsRead]).await;
     }
-    let dir = app.dir.path().to_str().unwrap().to_string();
-    let (ok, out) = verify_output(&dir);
+    let (ok, out) = verify_output(&app.data);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("{ORG}: intact (5 records)")), "{out}");
 
-    let db = rusqlite::Connection::open(app.dir.path().join("tidings.db")).unwrap();
-    let seqs: Vec<i64> = db
-        .prepare("SELECT seq FROM audit_records WHERE chain = ?1 ORDER BY seq")
-        .unwrap()
-        .query_map([ORG], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let db = Backdoor::open(&app.data);
+    let seqs = db.audit_seqs(ORG);
     let name = |seq: i64| format!("AUD-26-{seq:06}");
 
     // Edit a record in place.
-    db.execute(
-        "UPDATE audit_records SET actor_id = 'KEY-26-999999' WHERE seq = ?1",
-        [seqs[2]],
-    )
-    .unwrap();
-    let (ok, out) = verify_output(&dir);
+    db.execute(&format!(
+        "UPDATE audit_records SET actor_id = 'KEY-26-999999' WHERE seq = {}",
+        seqs[2]
+    ));
+    let (ok, out) = verify_output(&app.data);
     assert!(!ok);
     assert!(out.contains(&format!("altered {}", name(seqs[2]))), "{out}");
-    db.execute(
-        "UPDATE audit_records SET actor_id = 'cli' WHERE seq = ?1",
-        [seqs[2]],
-    )
-    .unwrap();
-    assert!(verify_output(&dir).0, "restored");
+    db.execute(&format!(
+        "UPDATE audit_records SET actor_id = 'cli' WHERE seq = {}",
+        seqs[2]
+    ));
+    assert!(verify_output(&app.data).0, "restored");
 
     // Delete one.
-    db.execute(
-        "CREATE TEMP TABLE saved AS SELECT * FROM audit_records WHERE seq = ?1",
-        [seqs[1]],
-    )
-    .unwrap();
-    db.execute("DELETE FROM audit_records WHERE seq = ?1", [seqs[1]])
-        .unwrap();
-    let (ok, out) = verify_output(&dir);
+    db.execute(&format!(
+        "CREATE TABLE saved AS SELECT * FROM audit_records WHERE seq = {}",
+        seqs[1]
+    ));
+    db.execute(&format!(
+        "DELETE FROM audit_records WHERE seq = {}",
+        seqs[1]
+    ));
+    let (ok, out) = verify_output(&app.data);
     assert!(!ok);
     assert!(
         out.contains(&format!("removed_before {}", name(seqs[2]))),
         "{out}"
     );
-    db.execute("INSERT INTO audit_records SELECT * FROM saved", [])
-        .unwrap();
-    assert!(verify_output(&dir).0, "restored");
+    db.execute("INSERT INTO audit_records SELECT * FROM saved");
+    db.execute("DROP TABLE saved");
+    assert!(verify_output(&app.data).0, "restored");
 
     // Insert a forged one at the start of the chain.
-    db.execute(
+    db.execute(&format!(
         "INSERT INTO audit_records (seq, chain, org, actor_type, actor_id, action, resource_type,
              resource_id, changes, created_at, prev_hash, hash)
          SELECT 0, chain, org, actor_type, actor_id, 'api_key.revoked', resource_type, resource_id,
-             changes, created_at, prev_hash, randomblob(32) FROM audit_records WHERE seq = ?1",
-        [seqs[0]],
-    )
-    .unwrap();
-    let (ok, out) = verify_output(&dir);
+             changes, created_at, prev_hash, {} FROM audit_records WHERE seq = {}",
+        db.random_hash(),
+        seqs[0]
+    ));
+    let (ok, out) = verify_output(&app.data);
     assert!(!ok);
     assert!(out.contains("inserted AUD-26-000000"), "{out}");
 }

@@ -3,23 +3,23 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::process::{ServerProcess, create_key, tidings};
+use crate::harness::TestStore;
+use crate::process::{ServerProcess, create_key, tidings, tidings_on};
 
 #[tokio::test]
 async fn keys_created_and_revoked_while_the_server_runs_take_effect_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap();
-    let server = ServerProcess::start(dir.path());
+    let store = TestStore::new();
+    let server = ServerProcess::start(&store);
     let client = reqwest::Client::new();
     let key = create_key(
-        dir.path(),
+        &store,
         &["--org", "ORG-26-090500", "--scopes", "events:read"],
     );
     let url = format!("{}/v1/events?organization_id=ORG-26-090500", server.public);
     let r = client.get(&url).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
-    let (ok, listing, _) = tidings(&["keys", "list", "--data-dir", data_dir]);
+    let (ok, listing, _) = tidings_on(&store, &["keys", "list"]);
     assert!(ok);
     assert!(!listing.contains(&key), "secrets are never listed");
     let line = listing
@@ -29,12 +29,12 @@ async fn keys_created_and_revoked_while_the_server_runs_take_effect_at_once() {
     let id = line.split_whitespace().next().unwrap();
     assert!(id.starts_with("KEY-"), "{line}");
 
-    let (ok, _, stderr) = tidings(&["keys", "revoke", id, "--data-dir", data_dir]);
+    let (ok, _, stderr) = tidings_on(&store, &["keys", "revoke", id]);
     assert!(ok, "{stderr}");
     let r = client.get(&url).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
-    let (ok, _, stderr) = tidings(&["keys", "revoke", "KEY-26-999999", "--data-dir", data_dir]);
+    let (ok, _, stderr) = tidings_on(&store, &["keys", "revoke", "KEY-26-999999"]);
     assert!(!ok);
     assert!(stderr.contains("no key"), "{stderr}");
     // Org keys cannot ingest; unknown scopes are refused.
@@ -42,16 +42,17 @@ async fn keys_created_and_revoked_while_the_server_runs_take_effect_at_once() {
         ("events:ingest", "--platform"),
         ("events:write", "unknown scope"),
     ] {
-        let (ok, _, stderr) = tidings(&[
-            "keys",
-            "create",
-            "--org",
-            "ORG-26-090500",
-            "--scopes",
-            scopes,
-            "--data-dir",
-            data_dir,
-        ]);
+        let (ok, _, stderr) = tidings_on(
+            &store,
+            &[
+                "keys",
+                "create",
+                "--org",
+                "ORG-26-090500",
+                "--scopes",
+                scopes,
+            ],
+        );
         assert!(!ok, "{scopes}");
         assert!(stderr.contains(expected), "{stderr}");
     }
@@ -59,10 +60,10 @@ async fn keys_created_and_revoked_while_the_server_runs_take_effect_at_once() {
 
 #[tokio::test]
 async fn emit_sends_events_from_flags_files_and_ndjson() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path());
+    let store = TestStore::new();
+    let server = ServerProcess::start(&store);
     let key = create_key(
-        dir.path(),
+        &store,
         &["--platform", "--scopes", "events:ingest,events:read"],
     );
 
@@ -91,7 +92,7 @@ async fn emit_sends_events_from_flags_files_and_ndjson() {
     let recorded: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(recorded["payload"]["amount_paid"], 1200);
 
-    let ndjson = dir.path().join("events.ndjson");
+    let ndjson = store.path().join("events.ndjson");
     let line = r#"{"type":"task.created","organization_id":"ORG-26-090500","actor":{"type":"user","id":"u1"},"subject":{"type":"task","id":"t1"},"payload":{}}"#;
     std::fs::write(&ndjson, format!("{line}\n").repeat(1_500)).unwrap();
     let (ok, out, err) = tidings(&[
@@ -107,7 +108,7 @@ async fn emit_sends_events_from_flags_files_and_ndjson() {
     assert_eq!(out.lines().count(), 1_500);
     assert!(err.contains("1500/1500"), "progress is shown: {err}");
 
-    let bad = dir.path().join("bad.json");
+    let bad = store.path().join("bad.json");
     std::fs::write(&bad, r#"{"type":"invoice.nope"}"#).unwrap();
     let (ok, _, err) = tidings(&[
         "emit",
@@ -124,11 +125,11 @@ async fn emit_sends_events_from_flags_files_and_ndjson() {
 
 #[tokio::test]
 async fn events_list_and_get_read_a_running_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path());
-    let ingest = create_key(dir.path(), &["--platform", "--scopes", "events:ingest"]);
+    let store = TestStore::new();
+    let server = ServerProcess::start(&store);
+    let ingest = create_key(&store, &["--platform", "--scopes", "events:ingest"]);
     let key = create_key(
-        dir.path(),
+        &store,
         &["--org", "ORG-26-090500", "--scopes", "events:read"],
     );
     let (ok, out, err) = tidings(&[

@@ -1,6 +1,6 @@
 //! SPEC §5: a 201 means durable. Kill the real binary with SIGKILL mid-ingest, restart it
-//! on the same data directory, and find every acknowledged event; producers retrying with
-//! the same idempotency keys get the same events back, never copies.
+//! on the same store (data directory or database), and find every acknowledged event;
+//! producers retrying with the same idempotency keys get the same events back, never copies.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::event;
+use crate::harness::{TestStore, event};
 use crate::process::{ServerProcess, create_key};
 
 const ORG: &str = "ORG-26-090500";
@@ -53,11 +53,11 @@ async fn walk_all(client: &reqwest::Client, public: &str, key: &str) -> Vec<Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_sigkill_and_retries_do_not_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path());
+    let store = TestStore::new();
+    let server = ServerProcess::start(&store);
     // Created while the server runs, and usable at once.
     let key = create_key(
-        dir.path(),
+        &store,
         &["--platform", "--scopes", "events:ingest,events:read"],
     );
     let client = reqwest::Client::new();
@@ -117,7 +117,7 @@ async fn acknowledged_events_survive_sigkill_and_retries_do_not_duplicate() {
         acked.len()
     );
 
-    let server = ServerProcess::start(dir.path());
+    let server = ServerProcess::start(&store);
     let stored = walk_all(&client, &server.public, &key).await;
     let stored_ids: HashSet<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(stored_ids.len(), stored.len(), "no duplicate rows");

@@ -1,15 +1,199 @@
 //! `TestApp::spawn()`: a fresh store and server for one test, and helpers to talk to it.
+//!
+//! The suite runs on either store: `TIDINGS_TEST_BACKEND=postgres` (with
+//! `TIDINGS_TEST_POSTGRES_URL`, an admin URL of a PostgreSQL cluster; `scripts/test` starts
+//! one) gives every test a fresh database on that cluster instead of a SQLite file.
+//! [`TestStore`] is that per-test store, for servers in this process and for the real binary
+//! (see [`TestStore::args`]).
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, TimeZone, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tidings::server::{RunningServer, ServerConfig};
+use tidings::server::{RunningServer, ServerConfig, StoreLocation};
 use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{OrgId, Scope};
-use tidings_store::{Clock, ManualClock, SqliteStore, Store, SystemClock};
+use tidings_store::{Clock, ManualClock, Store, SystemClock};
+
+/// The store the suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite store (the default).
+    Embedded,
+    /// A PostgreSQL database per test, on the cluster at `TIDINGS_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// The backend chosen by `TIDINGS_TEST_BACKEND` (`embedded`, the default, or `postgres`).
+pub fn backend() -> Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    *BACKEND.get_or_init(|| match std::env::var("TIDINGS_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("" | "embedded" | "sqlite") => Backend::Embedded,
+        Ok("postgres" | "postgresql") => Backend::Postgres,
+        Ok(other) => panic!("TIDINGS_TEST_BACKEND={other}: expected `embedded` or `postgres`"),
+    })
+}
+
+/// For a test that only means something on one backend: true, with a note on stderr, when
+/// the suite runs on the other (the caller then returns).
+pub fn skip_unless(wanted: Backend, why: &str) -> bool {
+    if backend() == wanted {
+        return false;
+    }
+    eprintln!("skipped on {:?}: {why}", backend());
+    true
+}
+
+/// The admin URL of the test cluster; panics with directions when it is missing.
+fn admin_url() -> String {
+    match std::env::var("TIDINGS_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "TIDINGS_TEST_BACKEND=postgres needs TIDINGS_TEST_POSTGRES_URL, the admin URL of a \
+             PostgreSQL cluster (postgres://postgres@127.0.0.1:PORT/postgres); ./scripts/test \
+             starts a throwaway one and sets both"
+        ),
+    }
+}
+
+/// Runs `f` on a connection to `url`. The synchronous `postgres` client runs a runtime of
+/// its own, which cannot be started (or dropped) on an async runtime's thread: so this
+/// runs on a thread of its own.
+pub fn with_postgres<T: Send>(url: &str, f: impl FnOnce(&mut postgres::Client) -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap_or_else(|e| {
+                panic!("cannot connect to the test PostgreSQL at {url} (is it running?): {e:?}")
+            });
+            f(&mut client)
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// `url` with its database name replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (before_query, query) = match rest.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (rest, None),
+        };
+        let authority = before_query.split('/').next().unwrap_or_default();
+        let mut out = format!("{scheme}://{authority}/{database}");
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    } else {
+        // key=value form: a later dbname wins.
+        format!("{url} dbname={database}")
+    }
+}
+
+/// A database of its own for one test, dropped (with its connections) when this is.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub fn create() -> Self {
+        let admin = admin_url();
+        let mut bytes = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        let name = format!(
+            "tidings_test_{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        with_postgres(&admin, |c| {
+            c.batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap_or_else(|e| panic!("creating the test database {name}: {e}"))
+        });
+        let url = with_database(&admin, &name);
+        Self { name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Ok(admin) = std::env::var("TIDINGS_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let name = self.name.clone();
+        // Best effort, and never a second panic while a failing test unwinds.
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
+}
+
+/// One test's store: a temporary directory (the SQLite store, or files the test writes)
+/// and, on PostgreSQL, a fresh database.
+pub struct TestStore {
+    pub database: Option<TestDatabase>,
+    pub dir: TempDir,
+}
+
+impl TestStore {
+    /// A fresh, empty store on the suite's backend.
+    pub fn new() -> Self {
+        let database = match backend() {
+            Backend::Embedded => None,
+            Backend::Postgres => Some(TestDatabase::create()),
+        };
+        Self {
+            database,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn location(&self) -> StoreLocation {
+        match &self.database {
+            Some(db) => StoreLocation::Postgres(db.url.clone()),
+            None => StoreLocation::Embedded(self.dir.path().to_path_buf()),
+        }
+    }
+
+    /// The command-line arguments that point `tidings` at this store: `--data-dir DIR` or
+    /// `--database-url URL`.
+    pub fn args(&self) -> Vec<String> {
+        match &self.database {
+            Some(db) => vec!["--database-url".into(), db.url.clone()],
+            None => vec!["--data-dir".into(), self.path_str().into()],
+        }
+    }
+
+    /// The temporary directory (always there, on either backend).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn path_str(&self) -> &str {
+        self.dir.path().to_str().expect("utf-8 temp path")
+    }
+
+    /// Opens the store in this process.
+    pub fn open(&self, clock: Arc<dyn Clock>) -> Arc<dyn Store> {
+        self.location().open_blocking(clock).expect("open store")
+    }
+
+    /// Runs `f` on a connection to this test's PostgreSQL database (panics on SQLite).
+    pub fn postgres<T: Send>(&self, f: impl FnOnce(&mut postgres::Client) -> T + Send) -> T {
+        let db = self
+            .database
+            .as_ref()
+            .expect("a PostgreSQL test database (TIDINGS_TEST_BACKEND=postgres)");
+        with_postgres(&db.url, f)
+    }
+}
 
 pub struct TestApp {
     pub public: String,
@@ -19,7 +203,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     _server: RunningServer,
     ingest_key: String,
-    pub dir: TempDir,
+    /// Last: the database is dropped after the server and store above.
+    pub data: TestStore,
 }
 
 /// The instant every test store starts at.
@@ -69,22 +254,20 @@ impl TestApp {
     }
 
     pub async fn spawn_with(options: Options) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let data = TestStore::new();
         let clock = Arc::new(ManualClock::new(start_time()));
         let store_clock: Arc<dyn Clock> = if options.real_clock {
             Arc::new(SystemClock)
         } else {
             clock.clone()
         };
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open_with_clock(dir.path(), Arc::clone(&store_clock)).expect("open store"),
-        );
+        let store = data.open(Arc::clone(&store_clock));
         let config = ServerConfig {
             allow_private_webhooks: options.allow_private_webhooks,
             retry_schedule: RetrySchedule::parse(options.retry_schedule).expect("schedule"),
             rate_limit: options.rate_limit,
             rate_limit_burst: options.rate_limit.saturating_mul(2),
-            ..ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", dir.path().to_path_buf())
+            ..ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", data.location())
         };
         let server = RunningServer::with_store(&config, Arc::clone(&store), store_clock)
             .await
@@ -109,7 +292,7 @@ impl TestApp {
             clock,
             _server: server,
             ingest_key,
-            dir,
+            data,
         }
     }
 

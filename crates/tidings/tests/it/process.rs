@@ -1,10 +1,11 @@
 //! The real `tidings` binary as a child process, for tests that need to kill it or run
-//! its commands.
+//! its commands. Each is pointed at a [`TestStore`], so the same test runs on either backend.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use crate::harness::TestStore;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 
@@ -15,15 +16,15 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts `tidings serve` on `data_dir` with ephemeral ports and waits for its
+    /// Starts `tidings serve` on `store` with ephemeral ports and waits for its
     /// "listening" line.
-    pub fn start(data_dir: &Path) -> Self {
-        Self::start_with(data_dir, &[])
+    pub fn start(store: &TestStore) -> Self {
+        Self::start_with(store, &[])
     }
 
     /// Like [`ServerProcess::start`], with more `serve` flags.
-    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+    pub fn start_with(store: &TestStore, extra: &[&str]) -> Self {
+        let mut child = command()
             .args([
                 "serve",
                 "--listen",
@@ -32,9 +33,7 @@ impl ServerProcess {
                 "127.0.0.1:0",
             ])
             .args(extra)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("TIDINGS_LOG", "warn")
+            .args(store.args())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -49,7 +48,7 @@ impl ServerProcess {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("server printed its addresses");
-        // "Tidings is listening: public API http://A , ingest http://B , data in D"
+        // "Tidings is listening: public API http://A , ingest http://B , embedded store in D"
         let urls: Vec<&str> = line
             .split_whitespace()
             .filter(|w| w.starts_with("http://"))
@@ -76,13 +75,20 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The binary, quiet, with only the store the test names: a store chosen in the
+/// environment of whoever runs the tests must not leak in.
+fn command() -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env("TIDINGS_LOG", "warn")
+        .env_remove("TIDINGS_DATA_DIR")
+        .env_remove("TIDINGS_DATABASE_URL");
+    command
+}
+
 /// Runs `tidings ARGS...`; returns (success, stdout, stderr).
 pub fn tidings(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("TIDINGS_LOG", "warn")
-        .output()
-        .expect("run tidings");
+    let out = command().args(args).output().expect("run tidings");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -90,12 +96,19 @@ pub fn tidings(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// `tidings keys create ...` on `data_dir`; returns the printed secret.
-pub fn create_key(data_dir: &Path, args: &[&str]) -> String {
-    let dir = data_dir.to_str().expect("utf-8 path");
-    let mut all = vec!["keys", "create", "--data-dir", dir];
+/// Runs `tidings ARGS... --data-dir DIR` (or `--database-url URL`) on `store`.
+pub fn tidings_on(store: &TestStore, args: &[&str]) -> (bool, String, String) {
+    let store_args = store.args();
+    let mut all = args.to_vec();
+    all.extend(store_args.iter().map(String::as_str));
+    tidings(&all)
+}
+
+/// `tidings keys create ...` on `store`; returns the printed secret.
+pub fn create_key(store: &TestStore, args: &[&str]) -> String {
+    let mut all = vec!["keys", "create"];
     all.extend_from_slice(args);
-    let (ok, stdout, stderr) = tidings(&all);
+    let (ok, stdout, stderr) = tidings_on(store, &all);
     assert!(ok, "keys create failed: {stderr}");
     let secret = stdout.trim().to_string();
     assert!(

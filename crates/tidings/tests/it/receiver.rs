@@ -27,6 +27,8 @@ pub enum Plan {
     Redirect(String),
     /// 200 with this body.
     Body(String),
+    /// 200 after this long (a slow endpoint: attempts stay in flight meanwhile).
+    Delay(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,10 @@ async fn handle(
             r
         }
         Plan::Body(body) => (StatusCode::OK, body).into_response(),
+        Plan::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            (StatusCode::OK, "thanks, eventually").into_response()
+        }
         Plan::Hang => {
             tokio::time::sleep(Duration::from_secs(60)).await;
             (StatusCode::OK, "late").into_response()

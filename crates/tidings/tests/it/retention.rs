@@ -96,12 +96,7 @@ async fn old_rows_go_young_rows_stay_and_the_audit_chain_still_verifies() {
         .unwrap();
     assert!(reports.iter().all(|r| r.problems.is_empty()), "{reports:?}");
     // The same verification from the command line.
-    let (ok, out, _) = crate::process::tidings(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        app.dir.path().to_str().unwrap(),
-    ]);
+    let (ok, out, _) = crate::process::tidings_on(&app.data, &["audit", "verify"]);
     assert!(ok, "{out}");
 }
 

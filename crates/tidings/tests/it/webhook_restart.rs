@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::event;
+use crate::harness::{TestStore, event};
 use crate::process::{ServerProcess, create_key};
 use crate::receiver::{Plan, Receiver};
 
@@ -24,18 +24,18 @@ async fn log(client: &reqwest::Client, public: &str, key: &str, hook: &str) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_retries_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new();
     let args = [
         "--allow-private-webhooks",
         "--webhook-retry-schedule",
         "1s,1s",
     ];
-    let server = ServerProcess::start_with(dir.path(), &args);
+    let server = ServerProcess::start_with(&store, &args);
     let key = create_key(
-        dir.path(),
+        &store,
         &["--org", ORG, "--scopes", "webhooks:read,webhooks:write"],
     );
-    let ingest = create_key(dir.path(), &["--platform", "--scopes", "events:ingest"]);
+    let ingest = create_key(&store, &["--platform", "--scopes", "events:ingest"]);
     let receiver = Receiver::start().await;
     receiver.set_plan(Plan::Sequence([500].into()));
     let client = reqwest::Client::new();
@@ -78,7 +78,7 @@ async fn pending_retries_survive_sigkill() {
     );
     server.kill();
 
-    let server = ServerProcess::start_with(dir.path(), &args);
+    let server = ServerProcess::start_with(&store, &args);
     let got = receiver.wait_for(2, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 2, "the retry was made after the restart");
     let mut done = Vec::new();
