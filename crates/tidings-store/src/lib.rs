@@ -2,6 +2,7 @@
 //! SQLite backend. Every query that touches tenant data takes a [`Tenant`] as a required
 //! argument, so the organization scope is enforced here and not only in handlers.
 
+mod audit_entries;
 mod audit_types;
 pub mod clock;
 mod delivery_types;

@@ -1,10 +1,8 @@
 //! Pure conversions between stored columns and domain values, shared by both backends.
 
 use chrono::{DateTime, Datelike, Utc};
-use serde_json::json;
-use tidings_domain::audit::{AuditEntry, AuditResource};
 use tidings_domain::ids::WebhookId;
-use tidings_domain::{Event, OrgId, TypePattern};
+use tidings_domain::TypePattern;
 
 use crate::Page;
 use crate::error::StoreError;
@@ -54,40 +52,4 @@ pub(crate) fn into_page<T>(mut items: Vec<T>, limit: u32) -> Page<T> {
     let has_more = items.len() > limit as usize;
     items.truncate(limit as usize);
     Page { items, has_more }
-}
-
-/// The audit records of an ingest batch: one `events.ingested` per organization, in order of
-/// first appearance, naming its first and last event and the count.
-pub(crate) fn batch_audit_entries(recorded: &[Event]) -> Vec<AuditEntry> {
-    let mut per_org: Vec<(&OrgId, &Event, &Event, usize)> = Vec::new();
-    for e in recorded {
-        match per_org.iter_mut().find(|(o, ..)| **o == e.organization_id) {
-            Some(entry) => {
-                if e.id.number < entry.1.id.number {
-                    entry.1 = e;
-                }
-                if e.id.number > entry.2.id.number {
-                    entry.2 = e;
-                }
-                entry.3 += 1;
-            }
-            None => per_org.push((&e.organization_id, e, e, 1)),
-        }
-    }
-    per_org
-        .into_iter()
-        .map(|(org, first, last, count)| AuditEntry {
-            organization_id: Some(org.clone()),
-            action: "events.ingested",
-            resource: AuditResource {
-                resource_type: "event_batch".into(),
-                id: first.id.to_string(),
-            },
-            changes: json!({"after": {
-                "count": count,
-                "first_event_id": first.id.to_string(),
-                "last_event_id": last.id.to_string(),
-            }}),
-        })
-        .collect()
 }

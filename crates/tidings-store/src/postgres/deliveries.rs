@@ -25,12 +25,13 @@ use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, w
 use tidings_domain::{EventId, Tenant, TimeRange, TypePattern};
 
 use serde_json::json;
-use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+use tidings_domain::audit::AuditContext;
 
 use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
 use super::list_query::ListQuery;
 use super::webhooks::{find, live_secrets, newest_event_seq};
 use super::writer::WriterCtx;
+use crate::audit_entries;
 use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
 };
@@ -643,27 +644,9 @@ pub(crate) fn retry(
         tx,
         ctx,
         audit,
-        AuditEntry {
-            organization_id: Some(hook.organization_id),
-            action: "webhook.delivery_retried",
-            resource: AuditResource {
-                resource_type: "delivery".into(),
-                id: delivery.to_string(),
-            },
-            changes: json!({
-                "before": {"status": before.status},
-                "after": {"status": "pending", "trigger": "manual", "webhook_id": webhook.to_string()},
-            }),
-        },
+        audit_entries::delivery_retried(hook.organization_id, webhook, delivery, before.status),
     )?;
     get(tx, webhook, delivery)
-}
-
-fn webhook_resource(id: WebhookId) -> AuditResource {
-    AuditResource {
-        resource_type: "webhook".into(),
-        id: id.to_string(),
-    }
 }
 
 pub(crate) fn replay(
@@ -730,16 +713,12 @@ pub(crate) fn replay(
         tx,
         ctx,
         audit,
-        AuditEntry {
-            organization_id: Some(hook.organization_id.clone()),
-            action: "webhook.replayed",
-            resource: webhook_resource(webhook),
-            changes: json!({"after": {
-                "from": range.from.map(|t| tidings_domain::event::format_timestamp(&t)),
-                "to": range.to.map(|t| tidings_domain::event::format_timestamp(&t)),
-                "replayed": wanted.len(),
-            }}),
-        },
+        audit_entries::webhook_replayed(
+            hook.organization_id.clone(),
+            webhook,
+            &range,
+            wanted.len(),
+        ),
     )?;
     Ok(Some(wanted.len()))
 }
@@ -771,12 +750,11 @@ pub(crate) fn create_test(
         tx,
         ctx,
         audit,
-        AuditEntry {
-            organization_id: Some(hook.organization_id),
-            action: "webhook.tested",
-            resource: webhook_resource(webhook),
-            changes: json!({"after": {"delivery_id": delivery.as_ref().map(|d| d.id.to_string())}}),
-        },
+        audit_entries::webhook_tested(
+            hook.organization_id,
+            webhook,
+            delivery.as_ref().map(|d| d.id),
+        ),
     )?;
     Ok(delivery)
 }

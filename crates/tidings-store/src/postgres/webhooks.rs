@@ -9,7 +9,7 @@ use tidings_domain::webhook::{SigningSecret, Webhook};
 use tidings_domain::{OrgId, Tenant};
 
 use serde_json::json;
-use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+use tidings_domain::audit::AuditContext;
 
 use super::list_query::ListQuery;
 use super::writer::WriterCtx;
@@ -140,15 +140,7 @@ fn record(
         tx,
         ctx,
         audit,
-        AuditEntry {
-            organization_id: Some(webhook.organization_id.clone()),
-            action,
-            resource: AuditResource {
-                resource_type: "webhook".into(),
-                id: webhook.id.to_string(),
-            },
-            changes,
-        },
+        crate::audit_entries::webhook_changed(action, webhook, changes),
     )
 }
 

@@ -15,13 +15,13 @@ use tidings_domain::ids::{DeliveryId, WebhookId};
 use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
 use tidings_domain::{EventId, Tenant, TimeRange, TypePattern};
 
-use serde_json::json;
-use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+use tidings_domain::audit::AuditContext;
 
 use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
 use super::list_query::ListQuery;
 use super::webhooks::{find, live_secrets};
 use super::writer::WriterCtx;
+use crate::audit_entries;
 use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
 };
@@ -635,27 +635,9 @@ pub(crate) fn retry(
         conn,
         ctx,
         audit,
-        AuditEntry {
-            organization_id: Some(hook.organization_id),
-            action: "webhook.delivery_retried",
-            resource: AuditResource {
-                resource_type: "delivery".into(),
-                id: delivery.to_string(),
-            },
-            changes: json!({
-                "before": {"status": before.status},
-                "after": {"status": "pending", "trigger": "manual", "webhook_id": webhook.to_string()},
-            }),
-        },
+        audit_entries::delivery_retried(hook.organization_id, webhook, delivery, before.status),
     )?;
     get(conn, webhook, delivery)
-}
-
-fn webhook_resource(id: WebhookId) -> AuditResource {
-    AuditResource {
-        resource_type: "webhook".into(),
-        id: id.to_string(),
-    }
 }
 
 pub(crate) fn replay(
@@ -721,16 +703,12 @@ pub(crate) fn replay(
         conn,
         ctx,
         audit,
-        AuditEntry {
-            organization_id: Some(hook.organization_id.clone()),
-            action: "webhook.replayed",
-            resource: webhook_resource(webhook),
-            changes: json!({"after": {
-                "from": range.from.map(|t| tidings_domain::event::format_timestamp(&t)),
-                "to": range.to.map(|t| tidings_domain::event::format_timestamp(&t)),
-                "replayed": wanted.len(),
-            }}),
-        },
+        audit_entries::webhook_replayed(
+            hook.organization_id.clone(),
+            webhook,
+            &range,
+            wanted.len(),
+        ),
     )?;
     Ok(Some(wanted.len()))
 }
@@ -761,12 +739,11 @@ pub(crate) fn create_test(
         conn,
         ctx,
         audit,
-        AuditEntry {
-            organization_id: Some(hook.organization_id),
-            action: "webhook.tested",
-            resource: webhook_resource(webhook),
-            changes: json!({"after": {"delivery_id": delivery.as_ref().map(|d| d.id.to_string())}}),
-        },
+        audit_entries::webhook_tested(
+            hook.organization_id,
+            webhook,
+            delivery.as_ref().map(|d| d.id),
+        ),
     )?;
     Ok(delivery)
 }

@@ -18,8 +18,9 @@ use tidings_domain::audit::AuditContext;
 
 use super::list_query::ListQuery;
 use super::writer::WriterCtx;
+use crate::audit_entries::batch_audit_entries;
 use crate::error::{Context, StoreError};
-use crate::rows::{batch_audit_entries, corrupt, into_page, timestamp, two_digit_year};
+use crate::rows::{corrupt, into_page, timestamp, two_digit_year};
 use crate::{Page, PageRequest};
 
 pub(crate) const EVENT_COLUMNS: &str = "seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id, payload, created_at";

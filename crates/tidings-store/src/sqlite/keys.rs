@@ -1,11 +1,11 @@
 //! API keys: created and revoked through the writer, looked up on every request.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::json;
-use tidings_domain::audit::{AuditContext, AuditEntry, AuditResource};
+use tidings_domain::audit::AuditContext;
 use tidings_domain::{ApiKey, KeyId, NewApiKey, Scope};
 
 use super::writer::WriterCtx;
+use crate::audit_entries;
 use crate::error::{Context, StoreError};
 use crate::rows::{corrupt, timestamp, two_digit_year};
 
@@ -100,26 +100,8 @@ pub(crate) fn create_key(
     .context("inserting a key")?;
     let created = key_by_seq(conn, seq)?
         .ok_or_else(|| StoreError::Corrupt("a key vanished right after insert".into()))?;
-    super::audit::append(
-        conn,
-        ctx,
-        audit,
-        AuditEntry {
-            organization_id: created.organization_id.clone(),
-            action: "api_key.created",
-            resource: key_resource(&created),
-            // Never the secret, nor its hash.
-            changes: json!({"after": created}),
-        },
-    )?;
+    super::audit::append(conn, ctx, audit, audit_entries::key_created(&created))?;
     Ok(created)
-}
-
-fn key_resource(key: &ApiKey) -> AuditResource {
-    AuditResource {
-        resource_type: "api_key".into(),
-        id: key.id.to_string(),
-    }
 }
 
 pub(crate) fn revoke_key(
@@ -144,12 +126,7 @@ pub(crate) fn revoke_key(
         conn,
         ctx,
         audit,
-        AuditEntry {
-            organization_id: existing.organization_id.clone(),
-            action: "api_key.revoked",
-            resource: key_resource(&existing),
-            changes: json!({"before": existing, "after": revoked}),
-        },
+        audit_entries::key_revoked(&existing, &revoked),
     )?;
     Ok(revoked)
 }
