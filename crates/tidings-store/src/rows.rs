@@ -1,8 +1,8 @@
 //! Pure conversions between stored columns and domain values, shared by both backends.
 
 use chrono::{DateTime, Datelike, Utc};
-use tidings_domain::ids::WebhookId;
 use tidings_domain::TypePattern;
+use tidings_domain::ids::WebhookId;
 
 use crate::Page;
 use crate::error::StoreError;

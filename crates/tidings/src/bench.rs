@@ -32,6 +32,15 @@
 //!   checked to arrive exactly once: missing, duplicate and stray deliveries are counted,
 //!   and a run waits at most `--delivery-deadline` for its deliveries.
 //!
+//! With `--database-url` (an admin URL of a PostgreSQL server), the store scenarios (ingest,
+//! queries, footprint) run on the PostgreSQL store instead, each on a fresh database made
+//! for it (`tidings_bench_<scenario>_<random>`, dropped afterwards), and the baseline is raw
+//! PostgreSQL: the same rows inserted into a fresh database with the store's schema and
+//! partitions, one multi-row `INSERT … SELECT FROM unnest(…)` per 10,000 rows, with no HTTP,
+//! no validation, no idempotency table and no audit. The footprint is then
+//! `pg_database_size` of the scenario's database (its WAL is shared by the whole server, so
+//! `wal_bytes` is 0). The delivery scenarios stay on the embedded store.
+//!
 //! Progress goes to stderr; the results go to stdout as a table, or as JSON with `--json`.
 
 use std::collections::HashMap;
@@ -49,6 +58,7 @@ use reqwest::{StatusCode, Url, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tidings_domain::{Catalog, IngestFormat, NewEvent, OrgId, Scope, parse_ingest_body};
+use tidings_store::postgres::RawPostgresBaseline;
 use tidings_store::sqlite::{DATABASE_FILE, RawSqliteBaseline};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -57,7 +67,7 @@ use crate::server::{RunningServer, ServerConfig, StoreLocation};
 
 /// Requests' bodies are generated this many events at a time, between timed windows.
 const CHUNK_EVENTS: u64 = 100_000;
-/// Rows per transaction of the raw SQLite baseline.
+/// Rows per transaction of the raw SQLite and PostgreSQL baselines.
 const BASELINE_ROWS_PER_TRANSACTION: usize = 10_000;
 /// Untimed requests per query shape, to warm caches and connections.
 const QUERY_WARMUP: usize = 5;
@@ -129,6 +139,12 @@ pub struct BenchArgs {
     /// Run only the webhook delivery scenarios (skip ingest, baseline and queries).
     #[arg(long)]
     pub delivery_only: bool,
+    /// Run the store scenarios (ingest, baseline, queries, footprint) on PostgreSQL: an
+    /// admin URL (e.g. `postgres://postgres@127.0.0.1:5432/postgres`) of a server where the
+    /// bench may create and drop a scratch database per scenario. The delivery scenarios
+    /// stay on the embedded store.
+    #[arg(long, env = "TIDINGS_BENCH_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Where the temporary stores are created (and removed afterwards). Defaults to the
     /// system's temporary directory; put it on the disk you mean to measure.
     #[arg(long)]
@@ -225,6 +241,9 @@ pub struct DeliveryResult {
 
 #[derive(Debug, Serialize)]
 pub struct Settings {
+    /// Store of the ingest, query and storage figures: `sqlite` or `postgres` (the
+    /// delivery scenarios always run on the embedded SQLite store).
+    pub store: String,
     pub seed: u64,
     pub organizations: u64,
     pub cpus: usize,
@@ -271,10 +290,12 @@ pub struct QueryResult {
 #[derive(Debug, Serialize)]
 pub struct StorageResult {
     pub events: u64,
-    /// Database plus WAL file of the store after the batch-1,000 load.
+    /// Database plus WAL file of the store after the batch-1,000 load (on PostgreSQL:
+    /// `pg_database_size` of its database).
     pub bytes: u64,
     pub bytes_per_event: f64,
-    /// The WAL file's share of `bytes` (it keeps its largest size once checkpointed).
+    /// The WAL file's share of `bytes` (it keeps its largest size once checkpointed); 0 on
+    /// PostgreSQL, whose WAL is shared by every database of the server.
     pub wal_bytes: u64,
     /// The same for the baseline's files.
     pub baseline_bytes: u64,
@@ -338,6 +359,9 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .tempdir_in(&parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
     eprintln!("bench: temporary stores in {}", work.path().display());
+    if args.database_url.is_some() && !args.delivery_only {
+        eprintln!("bench: store scenarios on PostgreSQL; delivery scenarios: embedded store");
+    }
 
     let store = if args.delivery_only {
         None
@@ -364,6 +388,12 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     };
     Ok(BenchReport {
         settings: Settings {
+            store: if args.database_url.is_some() && !args.delivery_only {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+            .into(),
             seed: args.seed,
             organizations: args.orgs,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -381,11 +411,32 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     })
 }
 
-/// Ingest scenarios, the baseline and the queries, each on a fresh store under `work`.
+/// Ingest scenarios, the baseline and the queries, each on a fresh store: under `work`, or
+/// in a scratch database of `--database-url` (all of them dropped afterwards, whatever the
+/// outcome).
 async fn store_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<StoreFigures> {
+    let mut scratch = args.database_url.clone().map(ScratchDatabases::new);
+    let figures = store_scenarios_in(work, args, scratch.as_mut()).await;
+    if let Some(scratch) = scratch {
+        scratch.drop_all().await;
+    }
+    figures
+}
+
+async fn store_scenarios_in(
+    work: &Path,
+    args: &BenchArgs,
+    mut scratch: Option<&mut ScratchDatabases>,
+) -> anyhow::Result<StoreFigures> {
+    let mut location = async |name: &str| -> anyhow::Result<StoreLocation> {
+        Ok(match scratch.as_deref_mut() {
+            Some(s) => StoreLocation::Postgres(s.create(name).await?),
+            None => StoreLocation::Embedded(work.join(name.replace('_', "-"))),
+        })
+    };
     let mut ingest = Vec::new();
     let (result, server) = ingest_scenario(
-        &work.join("batch-1"),
+        location("batch_1").await?,
         1,
         args.single_producers,
         args.single_events,
@@ -396,7 +447,7 @@ async fn store_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<StoreF
     ingest.push(result);
 
     let (result, server) = ingest_scenario(
-        &work.join("batch-100"),
+        location("batch_100").await?,
         100,
         args.batch_producers,
         args.batch_100_events,
@@ -406,24 +457,45 @@ async fn store_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<StoreF
     server.shutdown().await;
     ingest.push(result);
 
+    let query_store = location("batch_1000").await?;
+    let baseline_location = location("baseline").await?;
     let load_started = Utc::now();
-    let query_store = work.join("batch-1000");
-    let (result, server) =
-        ingest_scenario(&query_store, 1000, args.batch_producers, args.events, args).await?;
+    let (result, server) = ingest_scenario(
+        query_store.clone(),
+        1000,
+        args.batch_producers,
+        args.events,
+        args,
+    )
+    .await?;
     let load_finished = Utc::now();
     let batch_1000_rate = result.events_per_second;
     ingest.push(result);
-    let sizes = file_sizes(&query_store.join(DATABASE_FILE))?;
+    let sizes = match &query_store {
+        StoreLocation::Embedded(dir) => file_sizes(&dir.join(DATABASE_FILE))?,
+        // pg_database_size of the scenario's database. PostgreSQL's WAL is shared by every
+        // database of the server, so none of it is counted: wal_bytes is 0.
+        StoreLocation::Postgres(_) => FileSizes {
+            database: server
+                .store
+                .size_bytes()
+                .await
+                .context("reading the store's size")?,
+            wal: 0,
+        },
+    };
 
     let query = query_shapes(&server, args, load_started, load_finished).await?;
     server.shutdown().await;
 
-    let baseline_file = work.join("baseline").join(DATABASE_FILE);
     let (baseline, baseline_sizes) = {
         let args = args.clone();
-        tokio::task::spawn_blocking(move || raw_sqlite_baseline(&baseline_file, &args))
-            .await
-            .context("the baseline thread failed")??
+        tokio::task::spawn_blocking(move || match baseline_location {
+            StoreLocation::Embedded(dir) => raw_sqlite_baseline(&dir.join(DATABASE_FILE), &args),
+            StoreLocation::Postgres(url) => raw_postgres_baseline(&url, &args),
+        })
+        .await
+        .context("the baseline thread failed")??
     };
 
     let per_event = |bytes: u64| bytes as f64 / args.events as f64;
@@ -444,17 +516,76 @@ async fn store_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<StoreF
     })
 }
 
+/// Scratch databases of the store scenarios on a PostgreSQL server, made through its admin
+/// URL. The sync driver runs on blocking threads only (its clients block on a runtime of
+/// their own, also when dropped).
+struct ScratchDatabases {
+    admin_url: String,
+    created: Vec<String>,
+}
+
+impl ScratchDatabases {
+    fn new(admin_url: String) -> Self {
+        Self {
+            admin_url,
+            created: Vec::new(),
+        }
+    }
+
+    /// Creates `tidings_bench_<scenario>_<random>` and returns its URL.
+    async fn create(&mut self, scenario: &str) -> anyhow::Result<String> {
+        let name = format!("tidings_bench_{scenario}_{:08x}", rand::random::<u32>());
+        let url = database_url(&self.admin_url, &name)?;
+        let (admin_url, db) = (self.admin_url.clone(), name.clone());
+        tokio::task::spawn_blocking(move || {
+            tidings_store::postgres::create_database(&admin_url, &db)
+        })
+        .await
+        .context("the database thread failed")?
+        .with_context(|| format!("creating the scratch database {name}"))?;
+        self.created.push(name);
+        Ok(url)
+    }
+
+    /// Drops every database made, ending leftover sessions; failures are only reported.
+    async fn drop_all(self) {
+        let Self { admin_url, created } = self;
+        let dropped = tokio::task::spawn_blocking(move || {
+            for name in created {
+                if let Err(e) = tidings_store::postgres::drop_database(&admin_url, &name) {
+                    eprintln!("bench: could not drop the scratch database {name}: {e}");
+                }
+            }
+        })
+        .await;
+        if dropped.is_err() {
+            eprintln!("bench: the thread dropping the scratch databases failed");
+        }
+    }
+}
+
+/// The URL of database `name` on the server of `admin_url` (a URL or key=value string).
+fn database_url(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    if admin_url.starts_with("postgres://") || admin_url.starts_with("postgresql://") {
+        let mut url = Url::parse(admin_url).context("--database-url is not a valid URL")?;
+        url.set_path(&format!("/{name}"));
+        Ok(url.to_string())
+    } else {
+        Ok(format!("{admin_url} dbname={name}"))
+    }
+}
+
 /// One request body and the number of events in it.
 struct Batch {
     body: Bytes,
     events: u64,
 }
 
-/// Starts a server on a fresh store in `data_dir`, sends `events` events in requests of
+/// Starts a server on the fresh store at `location`, sends `events` events in requests of
 /// `batch_size` from `producers` concurrent producers, and returns the figures with the
 /// server still running.
 async fn ingest_scenario(
-    data_dir: &Path,
+    location: StoreLocation,
     batch_size: u64,
     producers: u64,
     events: u64,
@@ -465,7 +596,7 @@ async fn ingest_scenario(
         "bench: ingest, {label}, {producers} producers, {} events",
         grouped(events)
     );
-    let server = start_server(data_dir).await?;
+    let server = start_server(location).await?;
     let key = producer_key(&server).await?;
     let url = format!("http://{}/internal/v1/events", server.ingest_addr);
     let client = reqwest::Client::builder()
@@ -523,12 +654,8 @@ async fn producer_key(server: &RunningServer) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-async fn start_server(data_dir: &Path) -> anyhow::Result<RunningServer> {
-    let config = ServerConfig::new(
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-        StoreLocation::Embedded(data_dir.to_path_buf()),
-    );
+async fn start_server(location: StoreLocation) -> anyhow::Result<RunningServer> {
+    let config = ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", location);
     RunningServer::start(&config).await
 }
 
@@ -632,6 +759,55 @@ fn raw_sqlite_baseline(
     }
     drop(progress);
     let sizes = file_sizes(file)?;
+    let seconds = inserting.as_secs_f64();
+    let result = BaselineResult {
+        events: args.events,
+        rows_per_transaction: BASELINE_ROWS_PER_TRANSACTION,
+        seconds,
+        events_per_second: args.events as f64 / seconds,
+    };
+    eprintln!(
+        "bench:   {} events/s",
+        grouped(result.events_per_second as u64)
+    );
+    Ok((result, sizes))
+}
+
+/// Inserts the batch-1,000 scenario's rows (same generator, same seed) into the fresh
+/// database at `url`, set up with the store's migrations and partitions, one multi-row
+/// insert and [`BASELINE_ROWS_PER_TRANSACTION`] rows per transaction. Only the inserts and
+/// commits are timed. Returns the figures and `pg_database_size` (WAL: 0, see
+/// [`StorageResult::wal_bytes`]). Blocking: runs on a blocking thread.
+fn raw_postgres_baseline(
+    url: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<(BaselineResult, FileSizes)> {
+    eprintln!(
+        "bench: raw PostgreSQL baseline, {} rows per transaction, {} events",
+        grouped(BASELINE_ROWS_PER_TRANSACTION as u64),
+        grouped(args.events)
+    );
+    let mut db = RawPostgresBaseline::create(url).context("setting up the baseline database")?;
+    let catalog = Catalog::builtin();
+    let mut generator = EventGenerator::new(args.seed, args.orgs as usize);
+    let progress = Progress::start("baseline".into(), args.events, "events");
+    let mut inserting = Duration::ZERO;
+    let mut left = args.events;
+    while left > 0 {
+        let n = left.min(BASELINE_ROWS_PER_TRANSACTION as u64);
+        let rows = validated_events(&mut generator, n, &catalog)?;
+        let started = Instant::now();
+        db.insert_transaction(&rows, Utc::now().timestamp())
+            .context("inserting into the baseline database")?;
+        inserting += started.elapsed();
+        progress.done.fetch_add(n, Ordering::Relaxed);
+        left -= n;
+    }
+    drop(progress);
+    let sizes = FileSizes {
+        database: db.size_bytes().context("reading the baseline's size")?,
+        wal: 0,
+    };
     let seconds = inserting.as_secs_f64();
     let result = BaselineResult {
         events: args.events,
@@ -1641,9 +1817,14 @@ fn grouped(n: u64) -> String {
 fn render_table(r: &BenchReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let store = if r.settings.store == "postgres" {
+        "PostgreSQL store (delivery scenarios: embedded store)"
+    } else {
+        "embedded SQLite store"
+    };
     let _ = writeln!(
         out,
-        "Tidings bench: embedded SQLite store, {} CPUs, seed {}, {} organizations\n",
+        "Tidings bench: {store}, {} CPUs, seed {}, {} organizations\n",
         r.settings.cpus, r.settings.seed, r.settings.organizations
     );
     if let (Some(baseline), Some(ratio), Some(storage)) =
@@ -1676,6 +1857,7 @@ fn render_store(
     storage: &StorageResult,
 ) {
     use std::fmt::Write;
+    let postgres = r.settings.store == "postgres";
     let _ = writeln!(
         out,
         "Ingest over HTTP, durable (each 201 after the commit's fsync)"
@@ -1701,7 +1883,11 @@ fn render_store(
     let _ = writeln!(
         out,
         "{:<22} {:>9} {:>11} {:>11}   ({} rows/transaction, no HTTP, no validation)",
-        "raw SQLite baseline",
+        if postgres {
+            "raw Postgres baseline"
+        } else {
+            "raw SQLite baseline"
+        },
         "-",
         grouped(baseline.events),
         grouped(baseline.events_per_second as u64),
@@ -1726,6 +1912,18 @@ fn render_store(
             "{:<40} {:>5} {:>9.2} {:>9.2} {:>9.2}",
             q.description, q.rows, q.latency_ms.p50, q.latency_ms.p99, q.latency_ms.max
         );
+    }
+    if postgres {
+        let _ = writeln!(
+            out,
+            "\nDisk: {} bytes/event ({} bytes for {} events, pg_database_size, shared WAL not \
+             counted); baseline {} bytes/event\n",
+            storage.bytes_per_event.round(),
+            grouped(storage.bytes),
+            grouped(storage.events),
+            storage.baseline_bytes_per_event.round()
+        );
+        return;
     }
     let _ = writeln!(
         out,

@@ -14,6 +14,7 @@
 //! transaction, as on SQLite. Connections are plain TCP or a Unix socket (no TLS yet).
 
 mod audit;
+mod baseline;
 mod deliveries;
 mod events;
 mod keys;
@@ -49,6 +50,7 @@ use crate::delivery_types::{
 use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
 use crate::{Page, PageRequest, Store};
+pub use baseline::{RawPostgresBaseline, create_database, drop_database};
 pub use writer::WRITE_LOCK;
 use writer::{Job, WriterCtx};
 
