@@ -42,61 +42,147 @@ pub(crate) fn append(
     audit: &AuditContext,
     entry: AuditEntry,
 ) -> Result<(), StoreError> {
-    let chain = entry
-        .organization_id
-        .as_ref()
-        .map_or(PLATFORM_CHAIN, |o| o.as_str())
-        .to_string();
-    let prev: [u8; 32] = match tx
-        .query_opt(
-            "SELECT hash FROM audit_records WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
-            &[&chain],
-        )
-        .context("reading the chain head")?
-    {
-        Some(r) => to_hash(r.get(0))?,
-        None => chain_start(tx, &chain)?,
+    append_all(tx, ctx, audit, vec![entry])
+}
+
+/// Appends records to their organizations' chains, in order, with one read of the chain
+/// heads this group has not touched yet and one insert.
+pub(crate) fn append_all(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    audit: &AuditContext,
+    entries: Vec<AuditEntry>,
+) -> Result<(), StoreError> {
+    let chain_of = |e: &AuditEntry| {
+        e.organization_id
+            .as_ref()
+            .map_or(PLATFORM_CHAIN, |o| o.as_str())
+            .to_string()
     };
-    let seq = ctx.next_id(tx, "AUD")?;
+    let mut unread: Vec<String> = entries
+        .iter()
+        .map(chain_of)
+        .filter(|c| ctx.chain_head(c).is_none())
+        .collect();
+    unread.sort();
+    unread.dedup();
+    if !unread.is_empty() {
+        let heads = ctx.prepared(
+            tx,
+            "SELECT c.chain, coalesce(
+                 (SELECT hash FROM audit_records WHERE chain = c.chain ORDER BY seq DESC LIMIT 1),
+                 (SELECT prev_hash FROM audit_checkpoints WHERE chain = c.chain))
+             FROM unnest($1::text[]) AS c(chain)",
+        )?;
+        for row in tx
+            .query(&heads, &[&unread])
+            .context("reading the chain heads")?
+        {
+            let chain: String = row.get(0);
+            let head = match row.get::<_, Option<Vec<u8>>>(1) {
+                Some(h) => to_hash(h)?,
+                None => [0u8; 32],
+            };
+            ctx.set_chain_head(&chain, head);
+        }
+    }
+
     let created_at = timestamp(ctx.now.timestamp())?;
-    let record = AuditRecord {
-        id: AuditId::new(two_digit_year(created_at), seq),
-        organization_id: entry.organization_id,
-        actor: audit.actor.clone(),
-        action: entry.action.to_string(),
-        resource: entry.resource,
-        request_id: audit.request_id.clone(),
-        source_ip: audit.source_ip.clone(),
-        user_agent: audit.user_agent.clone(),
-        changes: entry.changes,
-        created_at,
-    };
-    let hash = chain_hash(&prev, &record);
-    tx.execute(
+    let mut rows = AuditRows::default();
+    for entry in entries {
+        let chain = chain_of(&entry);
+        let prev = ctx.chain_head(&chain).unwrap_or([0u8; 32]);
+        let seq = ctx.next_id(tx, "AUD")?;
+        let record = AuditRecord {
+            id: AuditId::new(two_digit_year(created_at), seq),
+            organization_id: entry.organization_id,
+            actor: audit.actor.clone(),
+            action: entry.action.to_string(),
+            resource: entry.resource,
+            request_id: audit.request_id.clone(),
+            source_ip: audit.source_ip.clone(),
+            user_agent: audit.user_agent.clone(),
+            changes: entry.changes,
+            created_at,
+        };
+        let hash = chain_hash(&prev, &record);
+        ctx.set_chain_head(&chain, hash);
+        rows.push(seq, chain, &record, prev, hash);
+    }
+    let insert = ctx.prepared(
+        tx,
         "INSERT INTO audit_records (seq, chain, org, actor_type, actor_id, action, resource_type,
                                     resource_id, request_id, source_ip, user_agent, changes,
                                     created_at, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         SELECT seq, chain, org, actor_type, actor_id, action, resource_type, resource_id,
+                request_id, source_ip, user_agent, changes, $13, prev_hash, hash
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                     $14::bytea[], $15::bytea[])
+              AS r(seq, chain, org, actor_type, actor_id, action, resource_type, resource_id,
+                   request_id, source_ip, user_agent, changes, prev_hash, hash)",
+    )?;
+    tx.execute(
+        &insert,
         &[
-            &(seq as i64),
-            &chain,
-            &record.organization_id.as_ref().map(|o| o.as_str()),
-            &record.actor.actor_type,
-            &record.actor.id,
-            &record.action,
-            &record.resource.resource_type,
-            &record.resource.id,
-            &record.request_id,
-            &record.source_ip,
-            &record.user_agent,
-            &record.changes.to_string(),
-            &record.created_at.timestamp(),
-            &&prev[..],
-            &&hash[..],
+            &rows.seq,
+            &rows.chain,
+            &rows.org,
+            &rows.actor_type,
+            &rows.actor_id,
+            &rows.action,
+            &rows.resource_type,
+            &rows.resource_id,
+            &rows.request_id,
+            &rows.source_ip,
+            &rows.user_agent,
+            &rows.changes,
+            &created_at.timestamp(),
+            &rows.prev_hash,
+            &rows.hash,
         ],
     )
-    .context("recording an audit record")?;
+    .context("recording audit records")?;
     Ok(())
+}
+
+/// Audit records as columns, for one `unnest` insert.
+#[derive(Default)]
+struct AuditRows {
+    seq: Vec<i64>,
+    chain: Vec<String>,
+    org: Vec<Option<String>>,
+    actor_type: Vec<String>,
+    actor_id: Vec<String>,
+    action: Vec<String>,
+    resource_type: Vec<String>,
+    resource_id: Vec<String>,
+    request_id: Vec<Option<String>>,
+    source_ip: Vec<Option<String>>,
+    user_agent: Vec<Option<String>>,
+    changes: Vec<String>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl AuditRows {
+    fn push(&mut self, seq: u64, chain: String, r: &AuditRecord, prev: [u8; 32], hash: [u8; 32]) {
+        self.seq.push(seq as i64);
+        self.chain.push(chain);
+        self.org
+            .push(r.organization_id.as_ref().map(|o| o.as_str().to_string()));
+        self.actor_type.push(r.actor.actor_type.clone());
+        self.actor_id.push(r.actor.id.clone());
+        self.action.push(r.action.clone());
+        self.resource_type.push(r.resource.resource_type.clone());
+        self.resource_id.push(r.resource.id.clone());
+        self.request_id.push(r.request_id.clone());
+        self.source_ip.push(r.source_ip.clone());
+        self.user_agent.push(r.user_agent.clone());
+        self.changes.push(r.changes.to_string());
+        self.prev_hash.push(prev.to_vec());
+        self.hash.push(hash.to_vec());
+    }
 }
 
 const AUDIT_COLUMNS: &str = "seq, org, actor_type, actor_id, action, resource_type, resource_id, request_id, source_ip, user_agent, changes, created_at, prev_hash, hash";

@@ -463,11 +463,12 @@ pub(crate) fn record_attempt(
     let seq = report.delivery_id.number as i64;
     // FOR UPDATE: a claim running now skips this row, or we wait for it to commit and read
     // the lease it set.
+    let read = ctx.prepared(
+        tx,
+        "SELECT lease_owner, attempts::text FROM deliveries WHERE seq = $1 FOR UPDATE",
+    )?;
     let row = tx
-        .query_opt(
-            "SELECT lease_owner, attempts::text FROM deliveries WHERE seq = $1 FOR UPDATE",
-            &[&seq],
-        )
+        .query_opt(&read, &[&seq])
         .context("reading a delivery lease")?;
     let Some(row) = row else {
         // Deleted with its webhook while the attempt was in flight.
@@ -480,42 +481,51 @@ pub(crate) fn record_attempt(
     attempts.retain(|v| attempt_number(v) != Some(a.attempt));
     attempts.push(attempt_to_json(a));
     attempts.sort_by_key(attempt_number);
-    tx.execute(
-        "UPDATE deliveries SET attempts = $2::text::jsonb WHERE seq = $1",
-        &[&seq, &Value::Array(attempts).to_string()],
-    )
-    .context("recording an attempt")?;
+    let attempts = Value::Array(attempts).to_string();
     if lease_owner.as_deref() != Some(report.owner.as_str()) {
         // Another worker took this delivery over after our lease ran out; its own report
         // decides the delivery's state.
+        let record = ctx.prepared(
+            tx,
+            "UPDATE deliveries SET attempts = $2::text::jsonb WHERE seq = $1",
+        )?;
+        tx.execute(&record, &[&seq, &attempts])
+            .context("recording an attempt")?;
         return Ok(());
     }
-    tx.execute(
-        "UPDATE deliveries SET status = $2, attempt_count = $3, next_attempt_at = $4,
-                next_trigger = 'scheduled', final_on_failure = false, lease_owner = NULL,
-                lease_until = NULL
+    let update = ctx.prepared(
+        tx,
+        "UPDATE deliveries SET attempts = $5::text::jsonb, status = $2, attempt_count = $3,
+                next_attempt_at = $4, next_trigger = 'scheduled', final_on_failure = false,
+                lease_owner = NULL, lease_until = NULL
          WHERE seq = $1",
+    )?;
+    tx.execute(
+        &update,
         &[
             &seq,
             &report.status.as_str(),
             &(a.attempt as i32),
             &report.next_attempt_at.map(millis),
+            &attempts,
         ],
     )
-    .context("updating a delivery")?;
+    .context("recording an attempt")?;
     let webhook = report.webhook_id.number as i64;
     if a.succeeded() {
-        tx.execute(
+        let clear = ctx.prepared(
+            tx,
             "UPDATE webhooks SET failing_since = NULL WHERE seq = $1 AND failing_since IS NOT NULL",
-            &[&webhook],
-        )
-        .context("clearing a webhook's failure streak")?;
+        )?;
+        tx.execute(&clear, &[&webhook])
+            .context("clearing a webhook's failure streak")?;
     } else if a.trigger != AttemptTrigger::Test {
-        tx.execute(
+        let start = ctx.prepared(
+            tx,
             "UPDATE webhooks SET failing_since = $2 WHERE seq = $1 AND failing_since IS NULL",
-            &[&webhook, &a.started_at.timestamp()],
-        )
-        .context("starting a webhook's failure streak")?;
+        )?;
+        tx.execute(&start, &[&webhook, &a.started_at.timestamp()])
+            .context("starting a webhook's failure streak")?;
     }
     if let Some(reason) = &report.disable_webhook {
         tx.execute(

@@ -240,11 +240,12 @@ pub(crate) fn insert_events(
         .map(str::to_string)
         .collect();
     if !unknown.is_empty() {
+        let lookup = ctx.prepared(
+            tx,
+            "SELECT workspace, org FROM workspaces WHERE workspace = ANY($1)",
+        )?;
         for row in tx
-            .query(
-                "SELECT workspace, org FROM workspaces WHERE workspace = ANY($1)",
-                &[&unknown],
-            )
+            .query(&lookup, &[&unknown])
             .context("looking up workspaces")?
         {
             let (ws, org): (String, String) = (row.get(0), row.get(1));
@@ -275,11 +276,12 @@ pub(crate) fn insert_events(
         return Err(StoreError::Rejected(problems));
     }
     if !new_workspaces.0.is_empty() {
-        tx.execute(
+        let insert = ctx.prepared(
+            tx,
             "INSERT INTO workspaces (workspace, org) SELECT * FROM unnest($1::text[], $2::text[])",
-            &[&new_workspaces.0, &new_workspaces.1],
-        )
-        .context("recording workspaces")?;
+        )?;
+        tx.execute(&insert, &[&new_workspaces.0, &new_workspaces.1])
+            .context("recording workspaces")?;
     }
 
     // Idempotency keys already used (earlier batches), then repeats within this batch.
@@ -294,13 +296,14 @@ pub(crate) fn insert_events(
     let mut seen: HashMap<(String, String), i64> = HashMap::new();
     if !keyed.is_empty() {
         let (orgs, keys): (Vec<String>, Vec<String>) = keyed.iter().cloned().unzip();
+        let lookup = ctx.prepared(
+            tx,
+            "SELECT i.org, i.key, i.seq FROM event_idempotency i
+             JOIN unnest($1::text[], $2::text[]) AS k(org, key)
+               ON i.org = k.org AND i.key = k.key",
+        )?;
         for row in tx
-            .query(
-                "SELECT i.org, i.key, i.seq FROM event_idempotency i
-                 JOIN unnest($1::text[], $2::text[]) AS k(org, key)
-                   ON i.org = k.org AND i.key = k.key",
-                &[&orgs, &keys],
-            )
+            .query(&lookup, &[&orgs, &keys])
             .context("looking up idempotency keys")?
         {
             seen.insert((row.get(0), row.get(1)), row.get(2));
@@ -340,7 +343,8 @@ pub(crate) fn insert_events(
             .iter()
             .map(|(_, e)| e.workspace_id.as_ref().map(|w| w.as_str().to_string()))
             .collect();
-        tx.execute(
+        let insert = ctx.prepared(
+            tx,
             "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
                                  subject_id, payload, created_at)
              SELECT seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id,
@@ -349,6 +353,9 @@ pub(crate) fn insert_events(
                          $6::text[], $7::text[], $8::text[], $9::text[])
                   AS e(seq, org, workspace, type, actor_type, actor_id, subject_type,
                        subject_id, payload)",
+        )?;
+        tx.execute(
+            &insert,
             &[
                 &seqs,
                 &col(|e| e.organization_id.as_str().to_string()),
@@ -372,13 +379,14 @@ pub(crate) fn insert_events(
             }
         }
         if !key_seqs.is_empty() {
-            tx.execute(
+            let insert = ctx.prepared(
+                tx,
                 "INSERT INTO event_idempotency (org, key, seq, created_at)
                  SELECT org, key, seq, $4 FROM unnest($1::text[], $2::text[], $3::bigint[])
                       AS k(org, key, seq)",
-                &[&key_orgs, &key_names, &key_seqs, &secs],
-            )
-            .context("recording idempotency keys")?;
+            )?;
+            tx.execute(&insert, &[&key_orgs, &key_names, &key_seqs, &secs])
+                .context("recording idempotency keys")?;
         }
     }
 
@@ -424,8 +432,6 @@ pub(crate) fn ingest(
     audit: &AuditContext,
 ) -> Result<Vec<Event>, StoreError> {
     let recorded = insert_events(tx, ctx, events)?;
-    for entry in batch_audit_entries(&recorded) {
-        super::audit::append(tx, ctx, audit, entry)?;
-    }
+    super::audit::append_all(tx, ctx, audit, batch_audit_entries(&recorded))?;
     Ok(recorded)
 }

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, Utc};
-use postgres::{Client, Transaction};
+use postgres::{Client, Statement, Transaction};
 use tokio::sync::oneshot;
 
 use super::partitions;
@@ -69,6 +69,8 @@ pub(crate) struct Known {
     workspaces: HashMap<String, String>,
     /// (table, day) partitions known to exist.
     partitions: HashSet<(&'static str, i64)>,
+    /// Statements prepared on the writer's connection (cleared when it is replaced).
+    statements: HashMap<&'static str, Statement>,
 }
 
 /// State shared by the jobs of one group: the clock reading, ID sequences, caches.
@@ -76,7 +78,9 @@ pub(crate) struct WriterCtx<'a> {
     pub now: DateTime<Utc>,
     ids: HashMap<&'static str, u64>,
     event_time: Option<DateTime<Utc>>,
-    known: &'a Known,
+    known: &'a mut Known,
+    /// The newest hash of each audit chain written or read in this group.
+    chain_heads: HashMap<String, [u8; 32]>,
     learnt_workspaces: HashMap<String, String>,
     learnt_partitions: HashSet<(&'static str, i64)>,
 }
@@ -86,6 +90,7 @@ type Learnt = (HashMap<String, String>, HashSet<(&'static str, i64)>);
 
 type Snapshot = (
     HashMap<&'static str, u64>,
+    HashMap<String, [u8; 32]>,
     HashMap<String, String>,
     HashSet<(&'static str, i64)>,
 );
@@ -99,13 +104,12 @@ impl WriterCtx<'_> {
     ) -> Result<u64, StoreError> {
         let last = match self.ids.get(prefix) {
             Some(n) => *n,
-            None => tx
-                .query_opt(
-                    "SELECT last FROM id_sequences WHERE prefix = $1",
-                    &[&prefix],
-                )
-                .context("reading an ID sequence")?
-                .map_or(0, |r| r.get::<_, i64>(0)) as u64,
+            None => {
+                let read = self.prepared(tx, "SELECT last FROM id_sequences WHERE prefix = $1")?;
+                tx.query_opt(&read, &[&prefix])
+                    .context("reading an ID sequence")?
+                    .map_or(0, |r| r.get::<_, i64>(0)) as u64
+            }
         };
         self.ids.insert(prefix, last + 1);
         Ok(last + 1)
@@ -173,16 +177,46 @@ impl WriterCtx<'_> {
         Ok(())
     }
 
+    /// `sql` prepared once per connection: a cached statement costs one round trip to run,
+    /// not two.
+    pub fn prepared(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        sql: &'static str,
+    ) -> Result<Statement, StoreError> {
+        if let Some(s) = self.known.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = tx.prepare(sql).context("preparing a statement")?;
+        self.known.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// The newest hash of `chain` as this group left it, if it touched the chain.
+    pub fn chain_head(&self, chain: &str) -> Option<[u8; 32]> {
+        self.chain_heads.get(chain).copied()
+    }
+
+    pub fn set_chain_head(&mut self, chain: &str, hash: [u8; 32]) {
+        self.chain_heads.insert(chain.to_string(), hash);
+    }
+
     fn snapshot(&self) -> Snapshot {
         (
             self.ids.clone(),
+            self.chain_heads.clone(),
             self.learnt_workspaces.clone(),
             self.learnt_partitions.clone(),
         )
     }
 
     fn restore(&mut self, snapshot: Snapshot) {
-        (self.ids, self.learnt_workspaces, self.learnt_partitions) = snapshot;
+        (
+            self.ids,
+            self.chain_heads,
+            self.learnt_workspaces,
+            self.learnt_partitions,
+        ) = snapshot;
     }
 }
 
@@ -205,7 +239,11 @@ pub(crate) fn run(url: String, client: Client, rx: mpsc::Receiver<Job>, clock: A
         }
         let conn = match client.take() {
             Some(c) if !c.is_closed() => Ok(c),
-            _ => super::connect(&url),
+            _ => {
+                // Statements belong to the connection that prepared them.
+                known.statements.clear();
+                super::connect(&url)
+            }
         };
         match conn {
             Ok(mut c) => {
@@ -229,16 +267,18 @@ fn run_group(client: &mut Client, now: DateTime<Utc>, known: &mut Known, group: 
         let mut tx = client
             .transaction()
             .context("starting a write transaction")?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .context("taking the write lock")?;
         let mut ctx = WriterCtx {
             now,
             ids: HashMap::new(),
             event_time: None,
-            known,
+            known: &mut *known,
+            chain_heads: HashMap::new(),
             learnt_workspaces: HashMap::new(),
             learnt_partitions: HashSet::new(),
         };
+        let lock = ctx.prepared(&mut tx, "SELECT pg_advisory_xact_lock($1)")?;
+        tx.execute(&lock, &[&WRITE_LOCK])
+            .context("taking the write lock")?;
         for job in group {
             let mut sp = tx.savepoint("job").context("opening a job savepoint")?;
             let snapshot = ctx.snapshot();
@@ -251,13 +291,14 @@ fn run_group(client: &mut Client, now: DateTime<Utc>, known: &mut Known, group: 
                 ctx.restore(snapshot);
             }
         }
+        let advance = ctx.prepared(
+            &mut tx,
+            "INSERT INTO id_sequences (prefix, last) VALUES ($1, $2)
+             ON CONFLICT (prefix) DO UPDATE SET last = excluded.last",
+        )?;
         for (prefix, last) in &ctx.ids {
-            tx.execute(
-                "INSERT INTO id_sequences (prefix, last) VALUES ($1, $2)
-                 ON CONFLICT (prefix) DO UPDATE SET last = excluded.last",
-                &[prefix, &(*last as i64)],
-            )
-            .context("advancing an ID sequence")?;
+            tx.execute(&advance, &[prefix, &(*last as i64)])
+                .context("advancing an ID sequence")?;
         }
         let learnt = (
             std::mem::take(&mut ctx.learnt_workspaces),
