@@ -307,45 +307,32 @@ pub(crate) fn claim(
     request: ClaimRequest,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let now_ms = millis(now);
-    // Endpoints with no slot left are skipped in the scan; the others get what they have left.
-    let saturated: Vec<i64> = request
-        .busy
-        .iter()
-        .filter(|(_, n)| *n >= request.per_webhook)
-        .map(|(w, _)| w.number as i64)
-        .collect();
     let (busy_webhooks, busy_counts): (Vec<i64>, Vec<i64>) = request
         .busy
         .iter()
         .map(|(w, n)| (w.number as i64, *n as i64))
         .unzip();
     let mut tx = c.transaction().context("starting a claim")?;
-    // A bounded window of the most overdue deliveries, locked (FOR UPDATE does not go with
-    // window functions, hence the materialized window), then at most what each endpoint
-    // has left.
+    // Per endpoint, its most overdue deliveries, at most what it has left, locked with SKIP
+    // LOCKED so that other processes' claims pass them by: an endpoint with every slot taken
+    // (a dead one holding its requests until they time out) is not read at all, however many
+    // deliveries it owes. Then the most overdue of all of them.
     let seqs: Vec<i64> = tx
         .query(
-            "WITH due AS MATERIALIZED (
-                 SELECT seq, webhook_seq, next_attempt_at FROM deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= $1
+            "WITH busy (webhook_seq, n) AS (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
+             SELECT d.seq FROM webhooks w
+             LEFT JOIN busy b ON b.webhook_seq = w.seq
+             CROSS JOIN LATERAL (
+                 SELECT seq, next_attempt_at FROM deliveries
+                 WHERE webhook_seq = w.seq AND status = 'pending' AND next_attempt_at <= $1
                    AND (lease_until IS NULL OR lease_until < $1)
-                   AND webhook_seq <> ALL($2::bigint[])
-                 ORDER BY next_attempt_at LIMIT $3
+                 ORDER BY next_attempt_at
+                 LIMIT greatest(least($4::bigint - coalesce(b.n, 0), $5::bigint), 0)
                  FOR UPDATE SKIP LOCKED
-             ),
-             busy (webhook_seq, n) AS (SELECT * FROM unnest($4::bigint[], $5::bigint[]))
-             SELECT c.seq FROM (
-                 SELECT seq, webhook_seq, next_attempt_at,
-                        row_number() OVER (PARTITION BY webhook_seq
-                                           ORDER BY next_attempt_at, seq) AS rn
-                 FROM due) c
-             LEFT JOIN busy b ON b.webhook_seq = c.webhook_seq
-             WHERE c.rn <= $6::bigint - coalesce(b.n, 0)
-             ORDER BY c.next_attempt_at, c.seq LIMIT $7",
+             ) d
+             ORDER BY d.next_attempt_at, d.seq LIMIT $5",
             &[
                 &now_ms,
-                &saturated,
-                &((request.limit * 4).max(64) as i64),
                 &busy_webhooks,
                 &busy_counts,
                 &(request.per_webhook as i64),
@@ -541,22 +528,25 @@ pub(crate) fn record_attempt(
     Ok(())
 }
 
-/// When the earliest delivery that no worker holds is due. A walk from the head of the
-/// `deliveries_due` index that skips only the leased (in-flight) rows; a lease that runs out
-/// because its worker died is found by the dispatcher's regular poll.
+/// When the earliest delivery that no worker holds is due: per endpoint, a walk from the
+/// head of its pending deliveries that skips only the leased (in-flight) rows; a lease that
+/// runs out because its worker died is found by the dispatcher's regular poll.
 pub(crate) fn next_due(
     c: &mut impl GenericClient,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
-    c.query_opt(
-        "SELECT next_attempt_at FROM deliveries
-         WHERE status = 'pending' AND next_attempt_at IS NOT NULL
-           AND (lease_until IS NULL OR lease_until < $1)
-         ORDER BY next_attempt_at LIMIT 1",
+    c.query_one(
+        "SELECT min((SELECT next_attempt_at FROM deliveries
+                     WHERE webhook_seq = w.seq AND status = 'pending'
+                       AND next_attempt_at IS NOT NULL
+                       AND (lease_until IS NULL OR lease_until < $1)
+                     ORDER BY next_attempt_at LIMIT 1))
+         FROM webhooks w",
         &[&millis(now)],
     )
     .context("finding the next due delivery")?
-    .map(|r| from_millis(r.get(0)))
+    .get::<_, Option<i64>>(0)
+    .map(from_millis)
     .transpose()
 }
 

@@ -7,9 +7,10 @@ use postgres::Client;
 use super::writer::WRITE_LOCK;
 use crate::error::{Context, StoreError};
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE meta (
     key   text PRIMARY KEY,
     value bytea NOT NULL
@@ -157,7 +158,18 @@ CREATE TABLE audit_checkpoints (
     created_at bigint NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Due deliveries are found per endpoint, so that one endpoint's backlog (a dead endpoint
+-- owing thousands) is never walked while its requests are all in flight.
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_pending ON deliveries (webhook_seq, next_attempt_at)
+    WHERE status = 'pending';
+"#,
+    ),
+];
 
 /// Applies every migration newer than the database, each in its own transaction under the
 /// write lock, so processes starting together apply each one once.

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tidings_domain::ids::{DeliveryId, WebhookId};
 use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
@@ -298,54 +297,47 @@ pub(crate) fn claim(
     request: ClaimRequest,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
     let now = millis(ctx.now);
-    let args: Vec<Value> = vec![
-        Value::Integer(now),
-        Value::Integer((request.limit * 4).max(64) as i64),
-        Value::Integer(request.per_webhook as i64),
-        Value::Integer(request.limit as i64),
-    ];
-    // Endpoints with no slot left are skipped in the scan; the others get what they have left.
-    let saturated: Vec<String> = request
-        .busy
-        .iter()
-        .filter(|(_, n)| *n >= request.per_webhook)
-        .map(|(w, _)| w.number.to_string())
-        .collect();
-    let exclude = if saturated.is_empty() {
-        String::new()
-    } else {
-        format!("AND webhook_seq NOT IN ({})", saturated.join(", "))
-    };
-    let busy_values = if request.busy.is_empty() {
-        "SELECT NULL AS webhook_seq, 0 AS n WHERE 0".to_string()
-    } else {
-        let rows: Vec<String> = request
+    // Per endpoint, its most overdue deliveries, at most what it has left: an endpoint with
+    // every slot taken (a dead one holding its requests until they time out) is not read at
+    // all, however many deliveries it owes. Then the most overdue of all of them.
+    let webhooks: Vec<i64> = conn
+        .prepare_cached("SELECT seq FROM webhooks")
+        .context("preparing the webhook list")?
+        .query_map([], |r| r.get(0))
+        .context("listing webhooks")?
+        .collect::<Result<_, _>>()
+        .context("reading a webhook")?;
+    let mut due_of = conn
+        .prepare_cached(
+            "SELECT next_attempt_at, seq FROM deliveries INDEXED BY deliveries_pending
+             WHERE webhook_seq = ?1 AND status = 'pending' AND next_attempt_at <= ?2
+               AND (lease_until IS NULL OR lease_until < ?2)
+             ORDER BY next_attempt_at LIMIT ?3",
+        )
+        .context("preparing the claim")?;
+    let mut due: Vec<(i64, i64)> = Vec::new();
+    for webhook in webhooks {
+        let busy = request
             .busy
             .iter()
-            .map(|(w, n)| format!("({}, {})", w.number, n))
-            .collect();
-        format!("VALUES {}", rows.join(", "))
-    };
-    // A bounded window of the most overdue deliveries, at most what each endpoint has left.
-    let sql = format!(
-        "WITH busy (webhook_seq, n) AS ({busy_values})
-         SELECT c.seq FROM (
-             SELECT seq, webhook_seq, next_attempt_at,
-                    row_number() OVER (PARTITION BY webhook_seq ORDER BY next_attempt_at, seq) AS rn
-             FROM (SELECT seq, webhook_seq, next_attempt_at FROM deliveries INDEXED BY deliveries_due
-                   WHERE status = 'pending' AND next_attempt_at <= ?1
-                     AND (lease_until IS NULL OR lease_until < ?1) {exclude}
-                   ORDER BY next_attempt_at LIMIT ?2)) c
-         LEFT JOIN busy b ON b.webhook_seq = c.webhook_seq
-         WHERE c.rn <= ?3 - coalesce(b.n, 0) ORDER BY c.next_attempt_at, c.seq LIMIT ?4"
-    );
-    let seqs: Vec<i64> = conn
-        .prepare_cached(&sql)
-        .context("preparing the claim")?
-        .query_map(params_from_iter(args.iter()), |r| r.get(0))
-        .context("finding due deliveries")?
-        .collect::<Result<_, _>>()
-        .context("reading due deliveries")?;
+            .find(|(w, _)| w.number as i64 == webhook)
+            .map_or(0, |(_, n)| *n);
+        let room = request.per_webhook.saturating_sub(busy).min(request.limit);
+        if room == 0 {
+            continue;
+        }
+        let rows = due_of
+            .query_map(params![webhook, now, room as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .context("finding due deliveries")?;
+        for row in rows {
+            due.push(row.context("reading a due delivery")?);
+        }
+    }
+    due.sort_unstable();
+    due.truncate(request.limit);
+    let seqs: Vec<i64> = due.into_iter().map(|(_, seq)| seq).collect();
     let until = now + request.lease.as_millis() as i64;
     let mut lease = conn
         .prepare_cached("UPDATE deliveries SET lease_owner = ?2, lease_until = ?3 WHERE seq = ?1")
@@ -454,22 +446,23 @@ pub(crate) fn record_attempt(
     Ok(())
 }
 
-/// When the earliest delivery that no worker holds is due. A walk from the head of the
-/// covering `deliveries_due` index that skips only the leased (in-flight) rows; a lease that
+/// When the earliest delivery that no worker holds is due: per endpoint, a walk from the
+/// head of its pending deliveries that skips only the leased (in-flight) rows; a lease that
 /// runs out because its worker died is found by the dispatcher's regular poll.
 pub(crate) fn next_due(
     conn: &Connection,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     conn.prepare_cached(
-        "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due
-         WHERE status = 'pending' AND next_attempt_at IS NOT NULL
-           AND (lease_until IS NULL OR lease_until < ?1)
-         ORDER BY next_attempt_at LIMIT 1",
+        "SELECT min((SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_pending
+                     WHERE webhook_seq = w.seq AND status = 'pending'
+                       AND next_attempt_at IS NOT NULL
+                       AND (lease_until IS NULL OR lease_until < ?1)
+                     ORDER BY next_attempt_at LIMIT 1))
+         FROM webhooks w",
     )
     .context("preparing the next-due lookup")?
-    .query_row([millis(now)], |r| r.get::<_, i64>(0))
-    .optional()
+    .query_row([millis(now)], |r| r.get::<_, Option<i64>>(0))
     .context("finding the next due delivery")?
     .map(from_millis)
     .transpose()

@@ -520,7 +520,7 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let (n, oldest): (i64, Option<i64>) = conn
                 .query_row(
-                    "SELECT count(*), min(created_at) FROM deliveries INDEXED BY deliveries_due
+                    "SELECT count(*), min(created_at) FROM deliveries INDEXED BY deliveries_pending
                      WHERE status = 'pending' AND next_attempt_at IS NOT NULL",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),

@@ -168,6 +168,16 @@ CREATE TABLE audit_checkpoints (
 ) WITHOUT ROWID;
 "#,
     ),
+    (
+        4,
+        r#"
+-- Due deliveries are found per endpoint, so that one endpoint's backlog (a dead endpoint
+-- owing thousands) is never walked while its requests are all in flight.
+DROP INDEX deliveries_due;
+CREATE INDEX deliveries_pending ON deliveries (webhook_seq, next_attempt_at)
+    WHERE status = 'pending';
+"#,
+    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction.
