@@ -3,18 +3,20 @@
 //! starts one and sets `TIDINGS_TEST_POSTGRES_URL` (an admin URL); each test makes its own
 //! database.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use postgres::{Client, NoTls};
 use rand::Rng;
-use tidings_domain::audit::AuditContext;
+use tidings_domain::audit::{AuditActor, AuditContext, ChainedRecord, verify_chain};
 use tidings_domain::{
-    Catalog, EventFilter, IngestFormat, NewEvent, Order, OrgId, Tenant, parse_ingest_body,
+    Catalog, Event, EventFilter, IngestFormat, NewEvent, Order, OrgId, Tenant, WorkspaceId,
+    parse_ingest_body,
 };
 use tidings_store::postgres::WRITE_LOCK;
-use tidings_store::{PageRequest, PostgresStore, Store};
+use tidings_store::{PageRequest, PostgresStore, Store, StoreError};
 
 /// A fresh database on the test cluster; returns its URL.
 fn fresh_database() -> String {
@@ -198,4 +200,265 @@ async fn an_oldest_first_walk_during_concurrent_ingest_sees_every_event_once() {
     let seen = reader.await.expect("reader");
     let expected: Vec<u64> = (1..=total as u64).collect();
     assert_eq!(seen, expected, "the walk skipped or repeated an event");
+}
+
+/// One event as an NDJSON line, optionally naming a workspace and an idempotency key.
+fn line(org: &str, workspace: Option<&str>, key: Option<&str>, n: usize) -> String {
+    let mut extra = String::new();
+    if let Some(ws) = workspace {
+        extra.push_str(&format!(r#","workspace_id":"{ws}""#));
+    }
+    if let Some(k) = key {
+        extra.push_str(&format!(r#","idempotency_key":"{k}""#));
+    }
+    format!(
+        r#"{{"type":"service_line.activated","organization_id":"{org}"{extra},"actor":{{"type":"user","id":"USR-26-000001"}},"subject":{{"type":"service_line","id":"LIN-26-{n:06}"}},"payload":{{"n":{n}}}}}"#
+    )
+}
+
+fn batch(lines: &[String]) -> Vec<NewEvent> {
+    parse_ingest_body(
+        lines.join("\n").as_bytes(),
+        IngestFormat::Ndjson,
+        &Catalog::builtin(),
+    )
+    .expect("valid events")
+}
+
+/// The audit context of request `i`: its request ID tells its records apart.
+fn request(i: usize) -> AuditContext {
+    AuditContext {
+        actor: AuditActor {
+            actor_type: "api_key".into(),
+            id: "KEY-26-000001".into(),
+        },
+        request_id: Some(format!("req-{i}")),
+        source_ip: None,
+        user_agent: None,
+    }
+}
+
+/// Every audit chain, verified the way `tidings audit verify` does.
+async fn verified_audit_records(store: &PostgresStore) -> Vec<ChainedRecord> {
+    let mut all = Vec::new();
+    for chain in store.audit_chains().await.expect("chains") {
+        let start = store.audit_chain_start(&chain).await.expect("chain start");
+        let mut records: Vec<ChainedRecord> = Vec::new();
+        loop {
+            let after = records.last().map(|r| r.record.id.number);
+            let page = store
+                .audit_chain_page(&chain, after, 50)
+                .await
+                .expect("chain page");
+            if page.is_empty() {
+                break;
+            }
+            records.extend(page);
+        }
+        let problems = verify_chain(start, &records);
+        assert!(problems.is_empty(), "chain {chain}: {problems:?}");
+        all.extend(records);
+    }
+    all
+}
+
+/// Concurrent single-event ingests fused into one write group are still checked and
+/// answered one by one: a workspace conflict rejects only its own request, the first request
+/// naming a new workspace claims it, repeated idempotency keys (within the group, within a
+/// request, or of an earlier group) yield the event first recorded, numbers stay dense, and
+/// every request gets its own audit record on intact chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fused_ingest_requests_are_checked_and_answered_one_by_one() {
+    const A: &str = "ORG-26-000011";
+    const B: &str = "ORG-26-000012";
+    const OWNED: &str = "WS-26-000001";
+    const CLAIMED: &str = "WS-26-000002";
+    let url = fresh_database();
+    let store = Arc::new(PostgresStore::connect(&url).expect("store"));
+    // Stored before: OWNED belongs to A, and A's key "old" names event 1.
+    let before = store
+        .ingest(
+            batch(&[line(A, Some(OWNED), Some("old"), 0)]),
+            &request(1000),
+        )
+        .await
+        .expect("first ingest");
+    assert_eq!(before[0].id.number, 1);
+
+    let mut requests: Vec<Vec<NewEvent>> = Vec::new();
+    // 0: B names A's workspace.
+    requests.push(batch(&[line(B, Some(OWNED), None, 1)]));
+    // 1..=8: one key, eight times.
+    for i in 1..=8 {
+        requests.push(batch(&[line(A, Some(OWNED), Some("dup"), 100 + i)]));
+    }
+    // 9..=11: the key of event 1.
+    for i in 9..=11 {
+        requests.push(batch(&[line(A, None, Some("old"), 100 + i)]));
+    }
+    // 12, 13: A and B race for a new workspace.
+    requests.push(batch(&[line(A, Some(CLAIMED), None, 112)]));
+    requests.push(batch(&[line(B, Some(CLAIMED), None, 113)]));
+    // 14: several events, two organizations, a key repeated inside the request and later.
+    requests.push(batch(&[
+        line(A, None, Some("dup2"), 114),
+        line(A, None, Some("dup2"), 115),
+        line(B, None, None, 116),
+    ]));
+    requests.push(batch(&[line(A, None, Some("dup2"), 117)]));
+    // The rest: plain single events.
+    for i in requests.len()..64 {
+        let org = if i % 2 == 0 { A } else { B };
+        requests.push(batch(&[line(org, None, None, 100 + i)]));
+    }
+
+    // Hold the write lock so the requests pile up and the writer fuses them.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn({
+        let url = url.clone();
+        move || {
+            let mut c = Client::connect(&url, NoTls).expect("connect");
+            let mut tx = c.transaction().expect("begin");
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                .expect("lock");
+            locked_tx.send(()).expect("report");
+            release_rx.recv().expect("wait for the go");
+            tx.commit().expect("commit");
+        }
+    });
+    locked_rx.recv().expect("lock taken");
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, events)| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.ingest(events, &request(i)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release_tx.send(()).expect("go");
+    holder.join().expect("lock holder");
+    let mut results: Vec<Result<Vec<Event>, StoreError>> = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("join"));
+    }
+
+    // The conflict is rejected alone, with its own index.
+    match &results[0] {
+        Err(StoreError::Rejected(problems)) => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].index, 0);
+            assert_eq!(problems[0].field, "workspace_id");
+        }
+        other => panic!("request 0 should be rejected: {other:?}"),
+    }
+    // One of the two claims wins; the workspace is the winner's.
+    let claims = [&results[12], &results[13]];
+    let winners: Vec<usize> = (0..2).filter(|i| claims[*i].is_ok()).collect();
+    assert_eq!(winners.len(), 1, "{claims:?}");
+    let loser = 1 - winners[0];
+    assert!(
+        matches!(claims[loser], Err(StoreError::Rejected(p)) if p.len() == 1 && p[0].index == 0),
+        "{:?}",
+        claims[loser]
+    );
+    let owner = store
+        .workspace_org(&CLAIMED.parse::<WorkspaceId>().expect("ws"))
+        .await
+        .expect("owner")
+        .expect("claimed");
+    assert_eq!(owner.as_str(), if winners[0] == 0 { A } else { B });
+    let rejected: BTreeSet<usize> = [0, 12 + loser].into();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.is_err(), rejected.contains(&i), "request {i}: {r:?}");
+    }
+    let ok = |i: usize| results[i].as_ref().expect("accepted");
+
+    // Repeats within the group: one event, the same for all.
+    let dup = &ok(1)[0];
+    for i in 1..=8 {
+        let e = &ok(i)[0];
+        assert_eq!((e.id, e.payload.get()), (dup.id, dup.payload.get()));
+    }
+    // Repeats of an earlier group: the stored event.
+    for i in 9..=11 {
+        let e = &ok(i)[0];
+        assert_eq!(e.id, before[0].id);
+        assert_eq!(e.payload.get(), before[0].payload.get());
+    }
+    // Within one request and after it.
+    let multi = ok(14);
+    assert_eq!(multi.len(), 3);
+    assert_eq!(multi[0].id, multi[1].id);
+    assert_ne!(multi[0].id, multi[2].id);
+    assert_eq!(ok(15)[0].id, multi[0].id);
+
+    // Numbers: dense from 1, each stored once.
+    let mut numbers: BTreeSet<u64> = BTreeSet::from([1]);
+    for e in results.iter().flatten().flatten() {
+        numbers.insert(e.id.number);
+    }
+    let n = numbers.len() as u64;
+    assert_eq!(numbers, (1..=n).collect::<BTreeSet<u64>>());
+    assert_eq!(store.high_water_mark().await.expect("hwm"), n);
+    // 64 requests less 2 rejected, less 7 + 3 repeats, plus two extra events in request 14,
+    // less its repeat and request 15, plus the first event.
+    assert_eq!(n, 64 - 2 - 7 - 3 + 2 - 1 - 1 + 1);
+    let mut stored = 0;
+    for org in [A, B] {
+        let org: OrgId = org.parse().expect("org");
+        let page = store
+            .list_events(
+                &Tenant::Platform,
+                &EventFilter {
+                    organization_id: Some(org),
+                    ..EventFilter::default()
+                },
+                PageRequest {
+                    limit: 200,
+                    order: Order::Asc,
+                    after: None,
+                },
+            )
+            .await
+            .expect("list events");
+        stored += page.items.len() as u64;
+    }
+    assert_eq!(stored, n);
+
+    // Audit: intact chains, dense numbers, one record per organization of each accepted
+    // request, under that request's own context; none for the rejected ones.
+    let records = verified_audit_records(&store).await;
+    let audit_numbers: BTreeSet<u64> = records.iter().map(|r| r.record.id.number).collect();
+    assert_eq!(
+        audit_numbers,
+        (1..=records.len() as u64).collect::<BTreeSet<u64>>()
+    );
+    for (i, r) in results.iter().enumerate() {
+        let id = format!("req-{i}");
+        let mine: Vec<&ChainedRecord> = records
+            .iter()
+            .filter(|c| c.record.request_id.as_deref() == Some(id.as_str()))
+            .collect();
+        match r {
+            Err(_) => assert!(mine.is_empty(), "request {i}: {mine:?}"),
+            Ok(events) => {
+                let orgs: BTreeSet<&str> =
+                    events.iter().map(|e| e.organization_id.as_str()).collect();
+                assert_eq!(mine.len(), orgs.len(), "request {i}");
+                for c in mine {
+                    assert_eq!(c.record.action, "events.ingested");
+                    let org = c.record.organization_id.as_ref().expect("org");
+                    let first = events
+                        .iter()
+                        .filter(|e| e.organization_id == *org)
+                        .map(|e| e.id)
+                        .min_by_key(|id| id.number)
+                        .expect("an event of that organization");
+                    assert_eq!(c.record.resource.id, first.to_string(), "request {i}");
+                }
+            }
+        }
+    }
 }

@@ -53,6 +53,23 @@ pub(crate) fn append_all(
     audit: &AuditContext,
     entries: Vec<AuditEntry>,
 ) -> Result<(), StoreError> {
+    append_each(
+        tx,
+        ctx,
+        entries.into_iter().map(|entry| (audit, entry)).collect(),
+    )
+}
+
+/// Like [`append_all`], each record with its own context (the fused ingest requests of a
+/// group): still one read of the chain heads and one insert.
+pub(crate) fn append_each(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    entries: Vec<(&AuditContext, AuditEntry)>,
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let chain_of = |e: &AuditEntry| {
         e.organization_id
             .as_ref()
@@ -61,7 +78,7 @@ pub(crate) fn append_all(
     };
     let mut unread: Vec<String> = entries
         .iter()
-        .map(chain_of)
+        .map(|(_, e)| chain_of(e))
         .filter(|c| ctx.chain_head(c).is_none())
         .collect();
     unread.sort();
@@ -89,7 +106,7 @@ pub(crate) fn append_all(
 
     let created_at = timestamp(ctx.now.timestamp())?;
     let mut rows = AuditRows::default();
-    for entry in entries {
+    for (audit, entry) in entries {
         let chain = chain_of(&entry);
         let prev = ctx.chain_head(&chain).unwrap_or([0u8; 32]);
         let seq = ctx.next_id(tx, "AUD")?;

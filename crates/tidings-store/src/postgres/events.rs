@@ -218,27 +218,127 @@ fn events_by_seq(
         .collect()
 }
 
-/// Records one ingest batch (a writer job): all of it, or — on a conflict with stored data —
-/// none of it. A repeated idempotency key yields the event first recorded. The new events go
-/// in with one statement, whatever the batch size.
+/// Records one batch of events (a writer job, or part of one): all of it, or — on a conflict
+/// with stored data — none of it. A repeated idempotency key yields the event first
+/// recorded.
 pub(crate) fn insert_events(
     tx: &mut Transaction<'_>,
     ctx: &mut WriterCtx<'_>,
     events: &[NewEvent],
 ) -> Result<Vec<Event>, StoreError> {
-    let created_at = ctx.event_time(tx)?;
-    let secs = created_at.timestamp();
-    ctx.ensure_partition(tx, "events", secs)?;
-    let mut problems = Vec::new();
+    record_batches(tx, ctx, &[events])?
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Ok(Vec::new()))
+}
 
-    // Workspaces: learn owners not cached yet in one query; the first event naming a new
-    // workspace claims it for its organization.
-    let unknown: Vec<String> = events
-        .iter()
+/// The ingest requests of one write group, each with its audit records (one
+/// `events.ingested` per organization in it, under that request's context). The outer error
+/// is a database error, which fails them all; the inner results are each request's own.
+pub(crate) fn ingest_all(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    requests: &[(&[NewEvent], &AuditContext)],
+) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
+    let batches: Vec<&[NewEvent]> = requests.iter().map(|(events, _)| *events).collect();
+    let results = record_batches(tx, ctx, &batches)?;
+    let mut entries = Vec::new();
+    for (result, (_, audit)) in results.iter().zip(requests) {
+        if let Ok(recorded) = result {
+            entries.extend(
+                batch_audit_entries(recorded)
+                    .into_iter()
+                    .map(|entry| (*audit, entry)),
+            );
+        }
+    }
+    super::audit::append_each(tx, ctx, entries)?;
+    Ok(results)
+}
+
+/// An input event's idempotency key, scoped to its organization.
+fn key_of(e: &NewEvent) -> Option<(String, String)> {
+    e.idempotency_key
+        .as_ref()
+        .map(|k| (e.organization_id.as_str().to_string(), k.clone()))
+}
+
+/// Where an input event's answer comes from.
+enum Slot {
+    /// The new event `fresh[i]`.
+    New(usize),
+    /// The event with this number: recorded earlier, or earlier in this group.
+    Repeat(i64),
+}
+
+/// Checks one batch against stored data and the batches accepted before it in the group:
+/// the workspaces it names must belong to its events' organizations (the first event naming
+/// a new workspace claims it), and the events its repeated keys name must still exist.
+/// Returns the workspaces it claims.
+fn check_batch<'e>(
+    ctx: &WriterCtx<'_>,
+    events: &'e [NewEvent],
+    used_keys: &HashMap<(String, String), i64>,
+    stored: &HashMap<i64, Event>,
+) -> Result<Vec<(&'e str, &'e str)>, StoreError> {
+    let mut claims: Vec<(&str, &str)> = Vec::new();
+    let mut problems = Vec::new();
+    for (index, e) in events.iter().enumerate() {
+        let Some(ws) = &e.workspace_id else { continue };
+        let (ws, org) = (ws.as_str(), e.organization_id.as_str());
+        let owner = ctx.workspace_owner(ws).map(String::as_str).or_else(|| {
+            claims
+                .iter()
+                .find(|(claimed, _)| *claimed == ws)
+                .map(|(_, o)| *o)
+        });
+        match owner {
+            Some(owner) if owner != org => problems.push(FieldProblem {
+                index,
+                field: "workspace_id".into(),
+                reason: format!(
+                    "workspace {ws} belongs to another organization; a workspace belongs to exactly one"
+                ),
+            }),
+            Some(_) => {}
+            None => claims.push((ws, org)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(StoreError::Rejected(problems));
+    }
+    for key in events.iter().filter_map(key_of) {
+        if let Some(seq) = used_keys.get(&key)
+            && !stored.contains_key(seq)
+        {
+            return Err(StoreError::Corrupt(format!(
+                "idempotency key names event {seq}, which is gone"
+            )));
+        }
+    }
+    Ok(claims)
+}
+
+/// Records the batches of one group as one: every batch is checked on its own, in order
+/// (see [`check_batch`]) and, on a conflict, rejected whole with its own problems; the new
+/// events of all accepted batches go in with one statement. A key repeated anywhere in the
+/// group, or recorded before, yields the event first recorded under it. The outer error is a
+/// database error (the caller rolls everything back); the inner results are per batch.
+fn record_batches(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    batches: &[&[NewEvent]],
+) -> Result<Vec<Result<Vec<Event>, StoreError>>, StoreError> {
+    let all = || batches.iter().flat_map(|b| b.iter());
+
+    // What the checks need, for all batches at once. Owners of workspaces not cached yet:
+    let mut unknown: Vec<String> = all()
         .filter_map(|e| e.workspace_id.as_ref().map(|w| w.as_str()))
         .filter(|w| ctx.workspace_owner(w).is_none())
         .map(str::to_string)
         .collect();
+    unknown.sort();
+    unknown.dedup();
     if !unknown.is_empty() {
         let lookup = ctx.prepared(
             tx,
@@ -252,50 +352,13 @@ pub(crate) fn insert_events(
             ctx.learn_workspace(&ws, &org);
         }
     }
-    let mut new_workspaces: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-    for (index, e) in events.iter().enumerate() {
-        let Some(ws) = &e.workspace_id else { continue };
-        let (ws, org) = (ws.as_str(), e.organization_id.as_str());
-        match ctx.workspace_owner(ws) {
-            Some(owner) if owner != org => problems.push(FieldProblem {
-                index,
-                field: "workspace_id".into(),
-                reason: format!(
-                    "workspace {ws} belongs to another organization; a workspace belongs to exactly one"
-                ),
-            }),
-            Some(_) => {}
-            None => {
-                ctx.learn_workspace(ws, org);
-                new_workspaces.0.push(ws.to_string());
-                new_workspaces.1.push(org.to_string());
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(StoreError::Rejected(problems));
-    }
-    if !new_workspaces.0.is_empty() {
-        let insert = ctx.prepared(
-            tx,
-            "INSERT INTO workspaces (workspace, org) SELECT * FROM unnest($1::text[], $2::text[])",
-        )?;
-        tx.execute(&insert, &[&new_workspaces.0, &new_workspaces.1])
-            .context("recording workspaces")?;
-    }
-
-    // Idempotency keys already used (earlier batches), then repeats within this batch.
-    let keyed: Vec<(String, String)> = events
-        .iter()
-        .filter_map(|e| {
-            e.idempotency_key
-                .as_ref()
-                .map(|k| (e.organization_id.as_str().to_string(), k.clone()))
-        })
-        .collect();
-    let mut seen: HashMap<(String, String), i64> = HashMap::new();
+    // Idempotency keys used by earlier groups, and the events they name:
+    let mut keyed: Vec<(String, String)> = all().filter_map(key_of).collect();
+    keyed.sort();
+    keyed.dedup();
+    let mut used_keys: HashMap<(String, String), i64> = HashMap::new();
     if !keyed.is_empty() {
-        let (orgs, keys): (Vec<String>, Vec<String>) = keyed.iter().cloned().unzip();
+        let (orgs, keys): (Vec<String>, Vec<String>) = keyed.into_iter().unzip();
         let lookup = ctx.prepared(
             tx,
             "SELECT i.org, i.key, i.seq FROM event_idempotency i
@@ -306,132 +369,177 @@ pub(crate) fn insert_events(
             .query(&lookup, &[&orgs, &keys])
             .context("looking up idempotency keys")?
         {
-            seen.insert((row.get(0), row.get(1)), row.get(2));
+            used_keys.insert((row.get(0), row.get(1)), row.get(2));
         }
     }
+    let mut earlier: Vec<i64> = used_keys.values().copied().collect();
+    earlier.sort_unstable();
+    earlier.dedup();
+    let stored = events_by_seq(tx, &earlier)?;
 
-    // Number the new events; remember which input is a repeat of which number.
-    enum Slot {
-        New(usize),
-        Repeat(i64),
-    }
-    let mut slots = Vec::with_capacity(events.len());
-    let mut fresh: Vec<(i64, &NewEvent)> = Vec::with_capacity(events.len());
-    for e in events {
-        let key = e
-            .idempotency_key
-            .as_ref()
-            .map(|k| (e.organization_id.as_str().to_string(), k.clone()));
-        if let Some(seq) = key.as_ref().and_then(|k| seen.get(k)) {
-            slots.push(Slot::Repeat(*seq));
-            continue;
+    // Check each batch in arrival order; an accepted batch's workspace claims bind the ones
+    // after it.
+    let mut new_workspaces: (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut verdicts: Vec<Result<(), StoreError>> = Vec::with_capacity(batches.len());
+    for events in batches {
+        match check_batch(ctx, events, &used_keys, &stored) {
+            Ok(claims) => {
+                for (ws, org) in claims {
+                    ctx.learn_workspace(ws, org);
+                    new_workspaces.0.push(ws.to_string());
+                    new_workspaces.1.push(org.to_string());
+                }
+                verdicts.push(Ok(()));
+            }
+            Err(e) => verdicts.push(Err(e)),
         }
-        let seq = ctx.next_id(tx, "EVT")? as i64;
-        if let Some(k) = key {
-            seen.insert(k, seq);
-        }
-        slots.push(Slot::New(fresh.len()));
-        fresh.push((seq, e));
     }
-
-    if !fresh.is_empty() {
-        let col = |f: fn(&NewEvent) -> String| -> Vec<String> {
-            fresh.iter().map(|(_, e)| f(e)).collect()
-        };
-        let seqs: Vec<i64> = fresh.iter().map(|(s, _)| *s).collect();
-        let workspaces: Vec<Option<String>> = fresh
-            .iter()
-            .map(|(_, e)| e.workspace_id.as_ref().map(|w| w.as_str().to_string()))
-            .collect();
+    if !new_workspaces.0.is_empty() {
         let insert = ctx.prepared(
             tx,
-            "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
-                                 subject_id, payload, created_at)
-             SELECT seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id,
-                    payload, $10
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[])
-                  AS e(seq, org, workspace, type, actor_type, actor_id, subject_type,
-                       subject_id, payload)",
+            "INSERT INTO workspaces (workspace, org) SELECT * FROM unnest($1::text[], $2::text[])",
         )?;
-        tx.execute(
-            &insert,
-            &[
-                &seqs,
-                &col(|e| e.organization_id.as_str().to_string()),
-                &workspaces,
-                &col(|e| e.event_type.as_str().to_string()),
-                &col(|e| e.actor.actor_type.as_str().to_string()),
-                &col(|e| e.actor.id.as_str().to_string()),
-                &col(|e| e.subject.subject_type.as_str().to_string()),
-                &col(|e| e.subject.id.as_str().to_string()),
-                &col(|e| e.payload.get().to_string()),
-                &secs,
-            ],
-        )
-        .context("inserting events")?;
-        let (mut key_orgs, mut key_names, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
-        for (seq, e) in &fresh {
-            if let Some(k) = &e.idempotency_key {
-                key_orgs.push(e.organization_id.as_str().to_string());
-                key_names.push(k.clone());
-                key_seqs.push(*seq);
-            }
-        }
-        if !key_seqs.is_empty() {
-            let insert = ctx.prepared(
-                tx,
-                "INSERT INTO event_idempotency (org, key, seq, created_at)
-                 SELECT org, key, seq, $4 FROM unnest($1::text[], $2::text[], $3::bigint[])
-                      AS k(org, key, seq)",
-            )?;
-            tx.execute(&insert, &[&key_orgs, &key_names, &key_seqs, &secs])
-                .context("recording idempotency keys")?;
-        }
+        tx.execute(&insert, &[&new_workspaces.0, &new_workspaces.1])
+            .context("recording workspaces")?;
     }
 
-    // Repeats of earlier batches are read back; repeats within this batch are copies.
-    let earlier: Vec<i64> = slots
-        .iter()
-        .filter_map(|s| match s {
-            Slot::Repeat(seq) if !fresh.iter().any(|(f, _)| f == seq) => Some(*seq),
-            _ => None,
-        })
-        .collect();
-    let stored = events_by_seq(tx, &earlier)?;
-    let year = two_digit_year(created_at);
-    let new_event = |seq: i64, e: &NewEvent| Event {
-        id: EventId::new(year, seq as u64),
-        event_type: e.event_type.clone(),
-        organization_id: e.organization_id.clone(),
-        workspace_id: e.workspace_id.clone(),
-        actor: e.actor.clone(),
-        subject: e.subject.clone(),
-        payload: e.payload.clone(),
-        created_at,
+    // Number the new events of the accepted batches, in order; remember which input is a
+    // repeat of which number.
+    let mut seen = used_keys;
+    let mut fresh: Vec<(i64, &NewEvent)> = Vec::new();
+    let mut slots: Vec<Result<Vec<Slot>, StoreError>> = Vec::with_capacity(batches.len());
+    for (events, verdict) in batches.iter().zip(verdicts) {
+        if let Err(e) = verdict {
+            slots.push(Err(e));
+            continue;
+        }
+        let mut batch_slots = Vec::with_capacity(events.len());
+        for e in *events {
+            let key = key_of(e);
+            if let Some(seq) = key.as_ref().and_then(|k| seen.get(k)) {
+                batch_slots.push(Slot::Repeat(*seq));
+                continue;
+            }
+            let seq = ctx.next_id(tx, "EVT")? as i64;
+            if let Some(k) = key {
+                seen.insert(k, seq);
+            }
+            batch_slots.push(Slot::New(fresh.len()));
+            fresh.push((seq, e));
+        }
+        slots.push(Ok(batch_slots));
+    }
+
+    let created_at = if fresh.is_empty() {
+        ctx.now
+    } else {
+        let created_at = ctx.event_time(tx)?;
+        insert_fresh(tx, ctx, &fresh, created_at.timestamp())?;
+        created_at
     };
-    slots
+
+    // Each batch's answer: new events as recorded; repeats of this group are copies of the
+    // first, repeats of earlier groups are read back.
+    let by_seq: HashMap<i64, usize> = fresh
         .iter()
-        .map(|slot| match slot {
-            Slot::New(i) => Ok(new_event(fresh[*i].0, fresh[*i].1)),
-            Slot::Repeat(seq) => match fresh.iter().find(|(f, _)| f == seq) {
-                Some((s, e)) => Ok(new_event(*s, e)),
-                None => stored.get(seq).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!("idempotency key names event {seq}, which is gone"))
-                }),
-            },
+        .enumerate()
+        .map(|(i, (seq, _))| (*seq, i))
+        .collect();
+    let year = two_digit_year(created_at);
+    let new_event = |i: usize| {
+        let (seq, e) = fresh[i];
+        Event {
+            id: EventId::new(year, seq as u64),
+            event_type: e.event_type.clone(),
+            organization_id: e.organization_id.clone(),
+            workspace_id: e.workspace_id.clone(),
+            actor: e.actor.clone(),
+            subject: e.subject.clone(),
+            payload: e.payload.clone(),
+            created_at,
+        }
+    };
+    Ok(slots
+        .into_iter()
+        .map(|batch| {
+            batch?
+                .iter()
+                .map(|slot| match slot {
+                    Slot::New(i) => Ok(new_event(*i)),
+                    Slot::Repeat(seq) => match by_seq.get(seq) {
+                        Some(i) => Ok(new_event(*i)),
+                        None => stored.get(seq).cloned().ok_or_else(|| {
+                            StoreError::Corrupt(format!(
+                                "idempotency key names event {seq}, which is gone"
+                            ))
+                        }),
+                    },
+                })
+                .collect()
         })
-        .collect()
+        .collect())
 }
 
-/// An ingest batch with its audit records: one `events.ingested` per organization in it.
-pub(crate) fn ingest(
+/// Inserts new events (numbered, all stamped `secs`) and their idempotency keys: one
+/// statement each, whatever their number.
+fn insert_fresh(
     tx: &mut Transaction<'_>,
     ctx: &mut WriterCtx<'_>,
-    events: &[NewEvent],
-    audit: &AuditContext,
-) -> Result<Vec<Event>, StoreError> {
-    let recorded = insert_events(tx, ctx, events)?;
-    super::audit::append_all(tx, ctx, audit, batch_audit_entries(&recorded))?;
-    Ok(recorded)
+    fresh: &[(i64, &NewEvent)],
+    secs: i64,
+) -> Result<(), StoreError> {
+    ctx.ensure_partition(tx, "events", secs)?;
+    let col =
+        |f: fn(&NewEvent) -> String| -> Vec<String> { fresh.iter().map(|(_, e)| f(e)).collect() };
+    let seqs: Vec<i64> = fresh.iter().map(|(s, _)| *s).collect();
+    let workspaces: Vec<Option<String>> = fresh
+        .iter()
+        .map(|(_, e)| e.workspace_id.as_ref().map(|w| w.as_str().to_string()))
+        .collect();
+    let insert = ctx.prepared(
+        tx,
+        "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
+                             subject_id, payload, created_at)
+         SELECT seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id,
+                payload, $10
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::text[], $9::text[])
+              AS e(seq, org, workspace, type, actor_type, actor_id, subject_type,
+                   subject_id, payload)",
+    )?;
+    tx.execute(
+        &insert,
+        &[
+            &seqs,
+            &col(|e| e.organization_id.as_str().to_string()),
+            &workspaces,
+            &col(|e| e.event_type.as_str().to_string()),
+            &col(|e| e.actor.actor_type.as_str().to_string()),
+            &col(|e| e.actor.id.as_str().to_string()),
+            &col(|e| e.subject.subject_type.as_str().to_string()),
+            &col(|e| e.subject.id.as_str().to_string()),
+            &col(|e| e.payload.get().to_string()),
+            &secs,
+        ],
+    )
+    .context("inserting events")?;
+    let (mut key_orgs, mut key_names, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
+    for (seq, e) in fresh {
+        if let Some(k) = &e.idempotency_key {
+            key_orgs.push(e.organization_id.as_str().to_string());
+            key_names.push(k.clone());
+            key_seqs.push(*seq);
+        }
+    }
+    if !key_seqs.is_empty() {
+        let insert = ctx.prepared(
+            tx,
+            "INSERT INTO event_idempotency (org, key, seq, created_at)
+             SELECT org, key, seq, $4 FROM unnest($1::text[], $2::text[], $3::bigint[])
+                  AS k(org, key, seq)",
+        )?;
+        tx.execute(&insert, &[&key_orgs, &key_names, &key_seqs, &secs])
+            .context("recording idempotency keys")?;
+    }
+    Ok(())
 }
