@@ -485,6 +485,14 @@ async fn store_scenarios_in(
         },
     };
 
+    if let StoreLocation::Postgres(url) = &query_store {
+        // Fresh partitions have no planner statistics until autovacuum's next pass; the
+        // queries are measured as a running database answers them.
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || tidings_store::postgres::analyze(&url))
+            .await
+            .context("the ANALYZE thread failed")??;
+    }
     let query = query_shapes(&server, args, load_started, load_finished).await?;
     server.shutdown().await;
 

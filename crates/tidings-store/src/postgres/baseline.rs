@@ -120,6 +120,15 @@ pub fn drop_database(admin_url: &str, name: &str) -> Result<(), StoreError> {
         .context("dropping a database")
 }
 
+/// Updates the planner's statistics of the database at `url` (what autovacuum does within
+/// a minute or so of a bulk load), so that a benchmark right after loading measures the
+/// plans a running database uses.
+pub fn analyze(url: &str) -> Result<(), StoreError> {
+    connect(url)?
+        .batch_execute("ANALYZE")
+        .context("analyzing a database")
+}
+
 fn check_name(name: &str) -> Result<(), StoreError> {
     let plain = !name.is_empty()
         && name.len() < 64

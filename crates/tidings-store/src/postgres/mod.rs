@@ -50,7 +50,7 @@ use crate::delivery_types::{
 use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
 use crate::{Page, PageRequest, Store};
-pub use baseline::{RawPostgresBaseline, create_database, drop_database};
+pub use baseline::{RawPostgresBaseline, analyze, create_database, drop_database};
 pub use writer::WRITE_LOCK;
 use writer::{Job, WriterCtx};
 
@@ -237,11 +237,13 @@ impl Store for PostgresStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let audit = audit.clone();
-        self.write(events.len(), move |tx, ctx| {
-            events::ingest(tx, ctx, &events, &audit)
-        })
-        .await
+        // Not a plain job: the writer fuses the ingest requests of a group into one batch.
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(Job::ingest(events, audit.clone(), tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
     }
 
     async fn list_events(
