@@ -96,7 +96,26 @@ pub(crate) fn list_events(
     if let Some(t) = &filter.actor_id {
         query.eq("actor_id", t.as_str().to_string());
     }
+    // The time bounds prune partitions; turned into event-number bounds (created_at never
+    // decreases with seq), they also make the scan of an index ending in `seq` exact rather
+    // than a walk past the rows outside the range.
     query.created_within(&filter.range);
+    let (from, to) = filter.range.as_unix_seconds();
+    if let Some(from) = from {
+        match first_seq_at_or_after(c, from)? {
+            Some(lo) => {
+                query.cond("seq >= ?", lo);
+            }
+            None => return Ok(empty()),
+        }
+    }
+    if let Some(hi) = to
+        .map(|to| first_seq_at_or_after(c, to))
+        .transpose()?
+        .flatten()
+    {
+        query.cond("seq < ?", hi);
+    }
     match (page.order, page.after) {
         (Order::Desc, Some(after)) => {
             query.cond("seq < ?", after as i64);
@@ -159,6 +178,16 @@ pub(crate) fn list_events(
         .map(event_from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(into_page(items, page.limit))
+}
+
+/// The first event number at or after `secs`, if any (one probe of `events_created_at`).
+fn first_seq_at_or_after(c: &mut impl GenericClient, secs: i64) -> Result<Option<i64>, StoreError> {
+    Ok(c.query_opt(
+        "SELECT seq FROM events WHERE created_at >= $1 ORDER BY created_at, seq LIMIT 1",
+        &[&secs],
+    )
+    .context("resolving a time bound")?
+    .map(|r| r.get(0)))
 }
 
 /// Unix seconds where the year an ID carries starts and ends (IDs carry two digits: 20YY).

@@ -169,6 +169,14 @@ CREATE INDEX deliveries_pending ON deliveries (webhook_seq, next_attempt_at)
     WHERE status = 'pending';
 "#,
     ),
+    (
+        3,
+        r#"
+-- Time bounds become event-number bounds, as on SQLite: one probe finds the first event at
+-- or after a time. Rows arrive in created_at order, so this index only grows at its end.
+CREATE INDEX events_created_at ON events (created_at, seq);
+"#,
+    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction under the
