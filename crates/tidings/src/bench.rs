@@ -1,4 +1,5 @@
-//! `tidings bench`: one run that measures the embedded store end to end, through real HTTP.
+//! `tidings bench`: one run that measures a store end to end, through real HTTP: the embedded
+//! one, or PostgreSQL with `--database-url`.
 //!
 //! What it measures, and why:
 //! - **Ingest** through the ingest API of an in-process server on a fresh temporary store,
@@ -39,7 +40,7 @@
 //! partitions, one multi-row `INSERT … SELECT FROM unnest(…)` per 10,000 rows, with no HTTP,
 //! no validation, no idempotency table and no audit. The footprint is then
 //! `pg_database_size` of the scenario's database (its WAL is shared by the whole server, so
-//! `wal_bytes` is 0). The delivery scenarios stay on the embedded store.
+//! `wal_bytes` is 0). The delivery scenarios also run on PostgreSQL, a database each.
 //!
 //! Progress goes to stderr; the results go to stdout as a table, or as JSON with `--json`.
 
@@ -139,10 +140,9 @@ pub struct BenchArgs {
     /// Run only the webhook delivery scenarios (skip ingest, baseline and queries).
     #[arg(long)]
     pub delivery_only: bool,
-    /// Run the store scenarios (ingest, baseline, queries, footprint) on PostgreSQL: an
-    /// admin URL (e.g. `postgres://postgres@127.0.0.1:5432/postgres`) of a server where the
-    /// bench may create and drop a scratch database per scenario. The delivery scenarios
-    /// stay on the embedded store.
+    /// Run every scenario on PostgreSQL: an admin URL (e.g.
+    /// `postgres://postgres@127.0.0.1:5432/postgres`) of a server where the bench may create
+    /// and drop a scratch database per scenario.
     #[arg(long, env = "TIDINGS_BENCH_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Where the temporary stores are created (and removed afterwards). Defaults to the
@@ -241,8 +241,7 @@ pub struct DeliveryResult {
 
 #[derive(Debug, Serialize)]
 pub struct Settings {
-    /// Store of the ingest, query and storage figures: `sqlite` or `postgres` (the
-    /// delivery scenarios always run on the embedded SQLite store).
+    /// The store every scenario ran on: `sqlite` or `postgres`.
     pub store: String,
     pub seed: u64,
     pub organizations: u64,
@@ -359,8 +358,8 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .tempdir_in(&parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
     eprintln!("bench: temporary stores in {}", work.path().display());
-    if args.database_url.is_some() && !args.delivery_only {
-        eprintln!("bench: store scenarios on PostgreSQL; delivery scenarios: embedded store");
+    if args.database_url.is_some() {
+        eprintln!("bench: every scenario on PostgreSQL, in scratch databases");
     }
 
     let store = if args.delivery_only {
@@ -388,7 +387,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     };
     Ok(BenchReport {
         settings: Settings {
-            store: if args.database_url.is_some() && !args.delivery_only {
+            store: if args.database_url.is_some() {
                 "postgres"
             } else {
                 "sqlite"
@@ -1073,7 +1072,28 @@ const DELIVERY_SETTLE: Duration = Duration::from_millis(250);
 /// The delivery scenarios, each on a fresh store under `work` with the webhooks pointing at
 /// a receiver inside this process. Every generated event belongs to the seed organization,
 /// so a webhook subscribed to `*` in it receives every event.
+/// The delivery scenarios, each on a fresh store: under `work`, or in a scratch database of
+/// `--database-url` (dropped afterwards, whatever the outcome).
 async fn delivery_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<DeliveryReport> {
+    let mut scratch = args.database_url.clone().map(ScratchDatabases::new);
+    let report = delivery_scenarios_in(work, args, scratch.as_mut()).await;
+    if let Some(scratch) = scratch {
+        scratch.drop_all().await;
+    }
+    report
+}
+
+async fn delivery_scenarios_in(
+    work: &Path,
+    args: &BenchArgs,
+    mut scratch: Option<&mut ScratchDatabases>,
+) -> anyhow::Result<DeliveryReport> {
+    let mut location = async |name: &str| -> anyhow::Result<StoreLocation> {
+        Ok(match scratch.as_deref_mut() {
+            Some(s) => StoreLocation::Postgres(s.create(name).await?),
+            None => StoreLocation::Embedded(work.join(name.replace('_', "-"))),
+        })
+    };
     let peak_reset = reset_peak_memory();
     let deadline = Duration::try_from_secs_f64(args.delivery_deadline)
         .context("--delivery-deadline must be a non-negative number of seconds")?;
@@ -1083,7 +1103,7 @@ async fn delivery_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<Del
     let receiver = WebhookReceiver::start(args.fanout_endpoints as u32).await?;
 
     // One endpoint: throughput, then latency at a steady rate, on the same store.
-    let mut rig = DeliveryRig::start(&work.join("delivery"), args).await?;
+    let mut rig = DeliveryRig::start(location("delivery").await?, args).await?;
     rig.add_webhook(&receiver.url(0)).await?;
     rig.endpoints = 1;
     let mut generator = EventGenerator::new(args.seed, 1);
@@ -1153,7 +1173,7 @@ async fn delivery_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<Del
             },
             grouped(args.fanout_events)
         );
-        let mut rig = DeliveryRig::start(&work.join(name), args).await?;
+        let mut rig = DeliveryRig::start(location(name).await?, args).await?;
         let mut generator = EventGenerator::new(args.seed, 1);
         if dead {
             rig.add_webhook(&receiver.dead_url()).await?;
@@ -1229,15 +1249,11 @@ struct Ingested {
 }
 
 impl DeliveryRig {
-    /// Starts a server on a fresh store in `data_dir` that may deliver to 127.0.0.1, with a
+    /// Starts a server on a fresh store at `store` that may deliver to 127.0.0.1, with a
     /// producer key and a webhook administrator key for the seed organization. It has no
     /// webhooks yet: see [`DeliveryRig::add_webhook`].
-    async fn start(data_dir: &Path, args: &BenchArgs) -> anyhow::Result<Self> {
-        let mut config = ServerConfig::new(
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-            StoreLocation::Embedded(data_dir.to_path_buf()),
-        );
+    async fn start(store: StoreLocation, args: &BenchArgs) -> anyhow::Result<Self> {
+        let mut config = ServerConfig::new("127.0.0.1:0", "127.0.0.1:0", store);
         config.allow_private_webhooks = true;
         let server = RunningServer::start(&config).await?;
         let ingest_key = producer_key(&server).await?;
@@ -1826,7 +1842,7 @@ fn render_table(r: &BenchReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let store = if r.settings.store == "postgres" {
-        "PostgreSQL store (delivery scenarios: embedded store)"
+        "PostgreSQL store"
     } else {
         "embedded SQLite store"
     };

@@ -21,15 +21,16 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient, Row, Transaction};
 use serde_json::Value;
 use tidings_domain::ids::{DeliveryId, WebhookId};
+use tidings_domain::webhook::SigningSecret;
 use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
-use tidings_domain::{EventId, Tenant, TimeRange, TypePattern};
+use tidings_domain::{Event, EventId, Tenant, TimeRange, TypePattern};
 
 use serde_json::json;
 use tidings_domain::audit::AuditContext;
 
 use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
 use super::list_query::ListQuery;
-use super::webhooks::{find, live_secrets, newest_event_seq};
+use super::webhooks::{find, newest_event_seq};
 use super::writer::WriterCtx;
 use crate::audit_entries;
 use crate::delivery_types::{
@@ -243,60 +244,98 @@ pub(crate) fn fan_out(
     })
 }
 
-/// Everything a worker needs about delivery `seq`.
-fn claimed(
+/// Everything a worker needs about deliveries `seqs`, in that order, with three queries
+/// whatever their number; the second list holds those with nothing left to deliver (their
+/// event is gone, or the delivery itself).
+fn claimed_all(
     c: &mut impl GenericClient,
-    seq: i64,
+    seqs: &[i64],
     now: DateTime<Utc>,
-) -> Result<Option<ClaimedDelivery>, StoreError> {
-    let row = c
-        .query_opt(
-            "SELECT d.webhook_seq, w.org, w.url, w.created_at, d.event_seq, d.event_type,
+) -> Result<(Vec<ClaimedDelivery>, Vec<i64>), StoreError> {
+    if seqs.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let rows = c
+        .query(
+            "SELECT d.seq, d.webhook_seq, w.org, w.url, w.created_at, d.event_seq, d.event_type,
                     d.next_trigger, d.attempt_count, d.final_on_failure, w.failing_since,
                     d.created_at
-             FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq WHERE d.seq = $1",
-            &[&seq],
+             FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq
+             WHERE d.seq = ANY($1)",
+            &[&seqs],
         )
-        .context("reading a claimed delivery")?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let webhook_seq: i64 = row.get(0);
-    let org: String = row.get(1);
-    let event_seq: Option<i64> = row.get(4);
-    let trigger: String = row.get(6);
-    let attempt_count: i32 = row.get(7);
-    let failing_since: Option<i64> = row.get(9);
-    let event = match event_seq {
-        Some(e) => c
-            .query_opt(
-                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = $1"),
-                &[&e],
+        .context("reading claimed deliveries")?;
+    let by_seq: HashMap<i64, &postgres::Row> = rows.iter().map(|r| (r.get(0), r)).collect();
+    let event_seqs: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<i64>>(5))
+        .collect();
+    let mut events: HashMap<i64, Event> = HashMap::new();
+    if !event_seqs.is_empty() {
+        for r in c
+            .query(
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1)"),
+                &[&event_seqs],
             )
-            .context("reading a delivery's event")?
-            .map(|r| event_from_row(&r))
-            .transpose()?,
-        None => None,
-    };
-    if event_seq.is_some() && event.is_none() {
-        // The event is gone (retention); there is nothing left to deliver.
-        return Ok(None);
+            .context("reading the deliveries' events")?
+        {
+            let e = event_from_row(&r)?;
+            events.insert(e.id.number as i64, e);
+        }
     }
-    let created_at = timestamp(row.get(10))?;
-    Ok(Some(ClaimedDelivery {
-        id: DeliveryId::new(two_digit_year(created_at), seq as u64),
-        webhook_id: webhook_id(webhook_seq, timestamp(row.get(3))?),
-        organization_id: org.parse().map_err(|e| corrupt("webhook org", e))?,
-        url: row.get(2),
-        secrets: live_secrets(c, webhook_seq as u64, now)?,
-        event,
-        event_type: row.get(5),
-        trigger: trigger.parse().map_err(|e| corrupt("trigger", e))?,
-        attempt_number: attempt_count as u32 + 1,
-        final_on_failure: row.get(8),
-        failing_since: failing_since.map(timestamp).transpose()?,
-        created_at,
-    }))
+    let mut webhooks: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    webhooks.sort_unstable();
+    webhooks.dedup();
+    let mut secrets: HashMap<i64, Vec<SigningSecret>> = HashMap::new();
+    for r in c
+        .query(
+            "SELECT webhook_seq, secret FROM webhook_secrets
+             WHERE webhook_seq = ANY($1) AND (expires_at IS NULL OR expires_at > $2)
+             ORDER BY webhook_seq, expires_at IS NULL DESC, created_at DESC",
+            &[&webhooks, &now.timestamp()],
+        )
+        .context("reading webhook secrets")?
+    {
+        let secret =
+            SigningSecret::parse(r.get::<_, &str>(1)).map_err(|e| corrupt("webhook secret", e))?;
+        secrets.entry(r.get(0)).or_default().push(secret);
+    }
+
+    let (mut out, mut gone) = (Vec::with_capacity(seqs.len()), Vec::new());
+    for &seq in seqs {
+        let Some(row) = by_seq.get(&seq) else {
+            gone.push(seq);
+            continue;
+        };
+        let webhook_seq: i64 = row.get(1);
+        let org: String = row.get(2);
+        let event_seq: Option<i64> = row.get(5);
+        let event = event_seq.and_then(|e| events.get(&e).cloned());
+        if event_seq.is_some() && event.is_none() {
+            // The event is gone (retention); there is nothing left to deliver.
+            gone.push(seq);
+            continue;
+        }
+        let trigger: String = row.get(7);
+        let attempt_count: i32 = row.get(8);
+        let failing_since: Option<i64> = row.get(10);
+        let created_at = timestamp(row.get(11))?;
+        out.push(ClaimedDelivery {
+            id: DeliveryId::new(two_digit_year(created_at), seq as u64),
+            webhook_id: webhook_id(webhook_seq, timestamp(row.get(4))?),
+            organization_id: org.parse().map_err(|e| corrupt("webhook org", e))?,
+            url: row.get(3),
+            secrets: secrets.get(&webhook_seq).cloned().unwrap_or_default(),
+            event,
+            event_type: row.get(6),
+            trigger: trigger.parse().map_err(|e| corrupt("trigger", e))?,
+            attempt_number: attempt_count as u32 + 1,
+            final_on_failure: row.get(9),
+            failing_since: failing_since.map(timestamp).transpose()?,
+            created_at,
+        });
+    }
+    Ok((out, gone))
 }
 
 /// Leases due deliveries to `request.owner`. Its own transaction on `c`, outside the write
@@ -344,17 +383,8 @@ pub(crate) fn claim(
         .map(|r| r.get(0))
         .collect();
     let until = now_ms + request.lease.as_millis() as i64;
-    let mut out = Vec::with_capacity(seqs.len());
-    let (mut leased, mut gone) = (Vec::new(), Vec::new());
-    for seq in seqs {
-        match claimed(&mut tx, seq, now)? {
-            Some(d) => {
-                leased.push(seq);
-                out.push(d);
-            }
-            None => gone.push(seq),
-        }
-    }
+    let (out, gone) = claimed_all(&mut tx, &seqs, now)?;
+    let leased: Vec<i64> = out.iter().map(|d| d.id.number as i64).collect();
     if !leased.is_empty() {
         tx.execute(
             "UPDATE deliveries SET lease_owner = $2, lease_until = $3 WHERE seq = ANY($1)",
@@ -745,7 +775,7 @@ pub(crate) fn create_test(
     let Some(seq) = insert_deliveries(tx, ctx, &[test])?.pop() else {
         return Err(StoreError::Corrupt("a test delivery got no number".into()));
     };
-    let delivery = claimed(tx, seq as i64, ctx.now)?;
+    let delivery = claimed_all(tx, &[seq as i64], ctx.now)?.0.pop();
     super::audit::append(
         tx,
         ctx,
