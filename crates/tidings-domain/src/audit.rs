@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::event::serialize_timestamp;
@@ -108,27 +108,23 @@ pub struct ChainedRecord {
     pub hash: [u8; 32],
 }
 
-/// Sorts object keys recursively, so equal values always serialize to equal bytes.
-fn sorted(v: &Value) -> Value {
+/// Sorts object keys recursively, in place, so equal values always serialize to equal bytes.
+fn sort_keys(v: &mut Value) {
     match v {
         Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let mut out = Map::new();
-            for k in keys {
-                out.insert(k.clone(), sorted(&m[k]));
-            }
-            Value::Object(out)
+            m.sort_keys();
+            m.values_mut().for_each(sort_keys);
         }
-        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-        other => other.clone(),
+        Value::Array(a) => a.iter_mut().for_each(sort_keys),
+        _ => {}
     }
 }
 
 /// The bytes a record's hash covers: its JSON with keys sorted.
 pub fn canonical(record: &AuditRecord) -> Vec<u8> {
-    let v = serde_json::to_value(record).unwrap_or(Value::Null);
-    serde_json::to_vec(&sorted(&v)).unwrap_or_default()
+    let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
+    sort_keys(&mut v);
+    serde_json::to_vec(&v).unwrap_or_default()
 }
 
 pub fn chain_hash(prev_hash: &[u8; 32], record: &AuditRecord) -> [u8; 32] {
@@ -217,6 +213,45 @@ mod tests {
             user_agent: None,
             changes: json!({"after": {"b": 1, "a": 2}}),
             created_at: DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap(),
+        }
+    }
+
+    /// The canonical form as first released (a sorted copy), which stored chains were
+    /// hashed with: the in-place sort must give the same bytes.
+    fn reference_canonical(record: &AuditRecord) -> Vec<u8> {
+        fn sorted(v: &Value) -> Value {
+            match v {
+                Value::Object(m) => {
+                    let mut keys: Vec<&String> = m.keys().collect();
+                    keys.sort();
+                    let mut out = serde_json::Map::new();
+                    for k in keys {
+                        out.insert(k.clone(), sorted(&m[k]));
+                    }
+                    Value::Object(out)
+                }
+                Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+                other => other.clone(),
+            }
+        }
+        serde_json::to_vec(&sorted(&serde_json::to_value(record).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn canonical_bytes_do_not_change() {
+        let mut r = record(7);
+        r.changes = json!({
+            "before": {"z": [{"y": 1, "x": {"d": null, "c": "é"}}], "a": true},
+            "after": {"b": 1, "a": 2, "B": 3, "_": [3, 2, 1]},
+        });
+        assert_eq!(canonical(&r), reference_canonical(&r));
+        let text = String::from_utf8(canonical(&r)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"action":"webhook.created","actor":{"id":"KEY-26-000001","type":"api_key"},"changes":{"after":{"B":3,"_":[3,2,1],"a":2,"b":1},"before":{"a":true,"z":[{"x":{"c":"é","d":null},"y":1}]}},"created_at":"2023-11-14T22:13:27Z","id":"AUD-26-000007","organization_id":"ORG-26-000001","request_id":"req_x","resource":{"id":"WHK-26-000007","type":"webhook"},"source_ip":"127.0.0.1","user_agent":null}"#
+        );
+        for n in 1..20 {
+            assert_eq!(canonical(&record(n)), reference_canonical(&record(n)));
         }
     }
 
