@@ -269,33 +269,46 @@ pub(crate) fn insert_events(
     let created_at = ctx.event_time(conn)?;
     let year = two_digit_year(created_at);
     let mut recorded = Vec::with_capacity(events.len());
+
+    // Checks first: a batch rejected here has written nothing (the writer runs ingest
+    // without a savepoint, see `Job::checked`). The first event naming a new workspace
+    // claims it for its organization.
     let mut problems = Vec::new();
+    let mut new_workspaces: Vec<(&str, &str)> = Vec::new();
     for (index, e) in events.iter().enumerate() {
-        let org = e.organization_id.as_str();
-        if let Some(ws) = &e.workspace_id {
-            let ws = ws.as_str();
-            let owner = match ctx.workspace_owner(ws) {
-                Some(o) => Some(o.clone()),
-                None => find_ws
-                    .query_row([ws], |r| r.get::<_, String>(0))
-                    .optional()
-                    .context("looking up a workspace")?,
-            };
-            match owner {
-                Some(owner) if owner != org => problems.push(FieldProblem {
-                    index,
-                    field: "workspace_id".into(),
-                    reason: format!(
-                        "workspace {ws} belongs to another organization; a workspace belongs to exactly one"
-                    ),
-                }),
-                Some(_) => {}
-                None => {
-                    add_ws.execute([ws, org]).context("recording a workspace")?;
-                    ctx.learn_workspace(ws, org);
-                }
+        let Some(ws) = &e.workspace_id else { continue };
+        let (ws, org) = (ws.as_str(), e.organization_id.as_str());
+        let owner = match ctx.workspace_owner(ws) {
+            Some(o) => Some(o.clone()),
+            None => find_ws
+                .query_row([ws], |r| r.get::<_, String>(0))
+                .optional()
+                .context("looking up a workspace")?,
+        };
+        match owner {
+            Some(owner) if owner != org => problems.push(FieldProblem {
+                index,
+                field: "workspace_id".into(),
+                reason: format!(
+                    "workspace {ws} belongs to another organization; a workspace belongs to exactly one"
+                ),
+            }),
+            Some(_) => {}
+            None => {
+                ctx.learn_workspace(ws, org);
+                new_workspaces.push((ws, org));
             }
         }
+    }
+    if !problems.is_empty() {
+        return Err(StoreError::Rejected(problems));
+    }
+    for (ws, org) in new_workspaces {
+        add_ws.execute([ws, org]).context("recording a workspace")?;
+    }
+
+    for e in events {
+        let org = e.organization_id.as_str();
         let seq = ctx.next_id(conn, "EVT")?;
         let inserted = insert
             .execute(params![
@@ -334,11 +347,7 @@ pub(crate) fn insert_events(
             created_at,
         });
     }
-    if problems.is_empty() {
-        Ok(recorded)
-    } else {
-        Err(StoreError::Rejected(problems))
-    }
+    Ok(recorded)
 }
 
 /// An ingest batch with its audit records: one `events.ingested` per organization in it.

@@ -118,6 +118,21 @@ impl SqliteStore {
             .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
     }
 
+    /// Like [`SqliteStore::write`], without a savepoint: for jobs that refuse (with
+    /// `Rejected`) only before they write anything (see [`Job::checked`]).
+    async fn write_checked<T: Send + 'static>(
+        &self,
+        weight: usize,
+        work: impl FnOnce(&Connection, &mut WriterCtx<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(Job::checked(weight, work, tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -213,7 +228,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let audit = audit.clone();
-        self.write(events.len(), move |conn, ctx| {
+        self.write_checked(events.len(), move |conn, ctx| {
             events::ingest(conn, ctx, &events, &audit)
         })
         .await

@@ -1,7 +1,8 @@
-//! SPEC §8 on PostgreSQL: an oldest-first reader never skips an event whose transaction
-//! commits after a higher number is visible. Needs a PostgreSQL server: `./scripts/test`
-//! starts one and sets `TIDINGS_TEST_POSTGRES_URL` (an admin URL); each test makes its own
-//! database.
+//! How writes are ordered and grouped, on both stores. SPEC §8 on PostgreSQL: an
+//! oldest-first reader never skips an event whose transaction commits after a higher number
+//! is visible. And on both: ingest requests written in one group are still checked and
+//! answered one by one. The PostgreSQL tests need a server: `./scripts/test` starts one and
+//! sets `TIDINGS_TEST_POSTGRES_URL` (an admin URL); each test makes its own database.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tidings_domain::{
     parse_ingest_body,
 };
 use tidings_store::postgres::WRITE_LOCK;
-use tidings_store::{PageRequest, PostgresStore, Store, StoreError};
+use tidings_store::{PageRequest, PostgresStore, SqliteStore, Store, StoreError};
 
 /// A fresh database on the test cluster; returns its URL.
 fn fresh_database() -> String {
@@ -239,7 +240,7 @@ fn request(i: usize) -> AuditContext {
 }
 
 /// Every audit chain, verified the way `tidings audit verify` does.
-async fn verified_audit_records(store: &PostgresStore) -> Vec<ChainedRecord> {
+async fn verified_audit_records(store: &impl Store) -> Vec<ChainedRecord> {
     let mut all = Vec::new();
     for chain in store.audit_chains().await.expect("chains") {
         let start = store.audit_chain_start(&chain).await.expect("chain start");
@@ -269,12 +270,60 @@ async fn verified_audit_records(store: &PostgresStore) -> Vec<ChainedRecord> {
 /// every request gets its own audit record on intact chains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fused_ingest_requests_are_checked_and_answered_one_by_one() {
+    let url = fresh_database();
+    let store = Arc::new(PostgresStore::connect(&url).expect("store"));
+    // Hold the write lock so the requests pile up and the writer fuses them.
+    let hold = move || {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut c = Client::connect(&url, NoTls).expect("connect");
+            let mut tx = c.transaction().expect("begin");
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                .expect("lock");
+            locked_tx.send(()).expect("report");
+            release_rx.recv().expect("wait for the go");
+            tx.commit().expect("commit");
+        });
+        locked_rx.recv().expect("lock taken");
+        (release_tx, holder)
+    };
+    one_group_of_ingest_requests(store, hold).await;
+}
+
+/// The same on the embedded store, where ingest requests run without a savepoint each: a
+/// rejected one must have written nothing, and the others commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_ingest_requests_of_one_group_are_checked_one_by_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
+    let file = store.path().to_path_buf();
+    // Hold SQLite's write lock from another connection so the requests pile up.
+    let hold = move || {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&file).expect("open");
+            c.execute_batch("BEGIN IMMEDIATE").expect("lock");
+            locked_tx.send(()).expect("report");
+            release_rx.recv().expect("wait for the go");
+            c.execute_batch("COMMIT").expect("commit");
+        });
+        locked_rx.recv().expect("lock taken");
+        (release_tx, holder)
+    };
+    one_group_of_ingest_requests(store, hold).await;
+}
+
+/// 64 ingest requests sent while `hold` keeps the store from writing, then let go.
+async fn one_group_of_ingest_requests<S: Store>(
+    store: Arc<S>,
+    hold: impl FnOnce() -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>),
+) {
     const A: &str = "ORG-26-000011";
     const B: &str = "ORG-26-000012";
     const OWNED: &str = "WS-26-000001";
     const CLAIMED: &str = "WS-26-000002";
-    let url = fresh_database();
-    let store = Arc::new(PostgresStore::connect(&url).expect("store"));
     // Stored before: OWNED belongs to A, and A's key "old" names event 1.
     let before = store
         .ingest(
@@ -312,22 +361,7 @@ async fn fused_ingest_requests_are_checked_and_answered_one_by_one() {
         requests.push(batch(&[line(org, None, None, 100 + i)]));
     }
 
-    // Hold the write lock so the requests pile up and the writer fuses them.
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn({
-        let url = url.clone();
-        move || {
-            let mut c = Client::connect(&url, NoTls).expect("connect");
-            let mut tx = c.transaction().expect("begin");
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                .expect("lock");
-            locked_tx.send(()).expect("report");
-            release_rx.recv().expect("wait for the go");
-            tx.commit().expect("commit");
-        }
-    });
-    locked_rx.recv().expect("lock taken");
+    let (release_tx, holder) = hold();
     let tasks: Vec<_> = requests
         .into_iter()
         .enumerate()
@@ -429,7 +463,7 @@ async fn fused_ingest_requests_are_checked_and_answered_one_by_one() {
 
     // Audit: intact chains, dense numbers, one record per organization of each accepted
     // request, under that request's own context; none for the rejected ones.
-    let records = verified_audit_records(&store).await;
+    let records = verified_audit_records(store.as_ref()).await;
     let audit_numbers: BTreeSet<u64> = records.iter().map(|r| r.record.id.number).collect();
     assert_eq!(
         audit_numbers,
