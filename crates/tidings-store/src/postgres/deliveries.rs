@@ -170,6 +170,25 @@ pub(crate) fn fan_out(
         .context("reading the fan-out cursor")?
         .get(0);
     let high_water = newest_event_seq(tx, ctx)?;
+    let any_active = ctx.prepared(
+        tx,
+        "SELECT EXISTS(SELECT 1 FROM webhooks WHERE status = 'active')",
+    )?;
+    if !tx
+        .query_one(&any_active, &[])
+        .context("checking for active webhooks")?
+        .get::<_, bool>(0)
+    {
+        // Nobody to deliver to: a webhook activated later starts after the newest event
+        // anyway, so the cursor skips ahead without reading the events.
+        let skip = ctx.prepared(
+            tx,
+            "UPDATE fanout_cursor SET last_event_seq = greatest(last_event_seq, $1) WHERE id = 1",
+        )?;
+        tx.execute(&skip, &[&high_water])
+            .context("advancing the fan-out cursor")?;
+        return Ok(FanoutReport::default());
+    }
     let events: Vec<RoutedEvent> = tx
         .query(
             &format!(

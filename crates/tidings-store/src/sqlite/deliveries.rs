@@ -126,6 +126,23 @@ pub(crate) fn fan_out(
             |r| r.get(0),
         )
         .context("reading the fan-out cursor")?;
+    let any_active: bool = conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM webhooks WHERE status = 'active')")
+        .context("preparing the active webhook check")?
+        .query_row([], |r| r.get(0))
+        .context("checking for active webhooks")?;
+    if !any_active {
+        // Nobody to deliver to: a webhook activated later starts after the newest event
+        // anyway, so the cursor skips ahead without reading the events.
+        conn.prepare_cached(
+            "UPDATE fanout_cursor SET last_event_seq =
+                 (SELECT coalesce(max(seq), last_event_seq) FROM events) WHERE id = 1",
+        )
+        .context("preparing the fan-out skip")?
+        .execute([])
+        .context("advancing the fan-out cursor")?;
+        return Ok(FanoutReport::default());
+    }
     let events: Vec<RoutedEvent> = conn
         .prepare_cached(&format!(
             "SELECT {ROUTING_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
