@@ -491,88 +491,154 @@ fn parse_attempts(stored: &str) -> Result<Vec<Attempt>, StoreError> {
     Ok(attempts)
 }
 
-pub(crate) fn record_attempt(
+/// Records the attempts reported to one write group, in order, with one read and one update
+/// of their deliveries and one update of the endpoints' failure streaks, whatever their
+/// number. A report from a worker that lost its lease records the attempt but does not
+/// change the delivery (the new lease holder's report decides it).
+pub(crate) fn record_attempts(
     tx: &mut Transaction<'_>,
     ctx: &mut WriterCtx<'_>,
-    report: AttemptReport,
+    reports: Vec<AttemptReport>,
 ) -> Result<(), StoreError> {
-    let seq = report.delivery_id.number as i64;
-    // FOR UPDATE: a claim running now skips this row, or we wait for it to commit and read
-    // the lease it set.
+    // FOR UPDATE: a claim running now skips these rows, or we wait for it to commit and
+    // read the lease it set.
+    let seqs: Vec<i64> = reports
+        .iter()
+        .map(|r| r.delivery_id.number as i64)
+        .collect();
     let read = ctx.prepared(
         tx,
-        "SELECT lease_owner, attempts::text FROM deliveries WHERE seq = $1 FOR UPDATE",
+        "SELECT seq, lease_owner, attempts::text FROM deliveries WHERE seq = ANY($1) FOR UPDATE",
     )?;
-    let row = tx
-        .query_opt(&read, &[&seq])
-        .context("reading a delivery lease")?;
-    let Some(row) = row else {
-        // Deleted with its webhook while the attempt was in flight.
-        return Ok(());
-    };
-    let lease_owner: Option<String> = row.get(0);
-    let a = &report.attempt;
-    // A second report of the same attempt number replaces the first.
-    let mut attempts = attempt_values(row.get(1))?;
-    attempts.retain(|v| attempt_number(v) != Some(a.attempt));
-    attempts.push(attempt_to_json(a));
-    attempts.sort_by_key(attempt_number);
-    let attempts = Value::Array(attempts).to_string();
-    if lease_owner.as_deref() != Some(report.owner.as_str()) {
-        // Another worker took this delivery over after our lease ran out; its own report
-        // decides the delivery's state.
-        let record = ctx.prepared(
-            tx,
-            "UPDATE deliveries SET attempts = $2::text::jsonb WHERE seq = $1",
-        )?;
-        tx.execute(&record, &[&seq, &attempts])
-            .context("recording an attempt")?;
-        return Ok(());
+    /// A delivery as the reports leave it.
+    struct Row {
+        lease_owner: Option<String>,
+        attempts: Vec<Value>,
+        /// Set by the lease holder's report: status, attempt count, next attempt.
+        decided: Option<(&'static str, i32, Option<i64>)>,
     }
-    let update = ctx.prepared(
-        tx,
-        "UPDATE deliveries SET attempts = $5::text::jsonb, status = $2, attempt_count = $3,
-                next_attempt_at = $4, next_trigger = 'scheduled', final_on_failure = false,
-                lease_owner = NULL, lease_until = NULL
-         WHERE seq = $1",
-    )?;
-    tx.execute(
-        &update,
-        &[
-            &seq,
-            &report.status.as_str(),
-            &(a.attempt as i32),
-            &report.next_attempt_at.map(millis),
-            &attempts,
-        ],
-    )
-    .context("recording an attempt")?;
-    let webhook = report.webhook_id.number as i64;
-    if a.succeeded() {
-        let clear = ctx.prepared(
-            tx,
-            "UPDATE webhooks SET failing_since = NULL WHERE seq = $1 AND failing_since IS NOT NULL",
-        )?;
-        tx.execute(&clear, &[&webhook])
-            .context("clearing a webhook's failure streak")?;
-    } else if a.trigger != AttemptTrigger::Test {
-        let start = ctx.prepared(
-            tx,
-            "UPDATE webhooks SET failing_since = $2 WHERE seq = $1 AND failing_since IS NULL",
-        )?;
-        tx.execute(&start, &[&webhook, &a.started_at.timestamp()])
-            .context("starting a webhook's failure streak")?;
+    let mut rows: HashMap<i64, Row> = HashMap::new();
+    for r in tx
+        .query(&read, &[&seqs])
+        .context("reading delivery leases")?
+    {
+        rows.insert(
+            r.get(0),
+            Row {
+                lease_owner: r.get(1),
+                attempts: attempt_values(r.get(2))?,
+                decided: None,
+            },
+        );
     }
-    if let Some(reason) = &report.disable_webhook {
+    // Per endpoint: whether an attempt succeeded, and the first failure after the last
+    // success (or the first at all).
+    let mut streaks: HashMap<i64, (bool, Option<i64>)> = HashMap::new();
+    let mut disable: Vec<(i64, String)> = Vec::new();
+    let mut events = Vec::new();
+    for report in reports {
+        let seq = report.delivery_id.number as i64;
+        // A delivery deleted with its webhook while the attempt was in flight is skipped.
+        let Some(row) = rows.get_mut(&seq) else {
+            continue;
+        };
+        let a = &report.attempt;
+        // A second report of the same attempt number replaces the first.
+        row.attempts
+            .retain(|v| attempt_number(v) != Some(a.attempt));
+        row.attempts.push(attempt_to_json(a));
+        row.attempts.sort_by_key(attempt_number);
+        if row.lease_owner.as_deref() != Some(report.owner.as_str()) {
+            continue;
+        }
+        row.lease_owner = None;
+        row.decided = Some((
+            report.status.as_str(),
+            a.attempt as i32,
+            report.next_attempt_at.map(millis),
+        ));
+        let webhook = report.webhook_id.number as i64;
+        let streak = streaks.entry(webhook).or_insert((false, None));
+        if a.succeeded() {
+            *streak = (true, None);
+        } else if a.trigger != AttemptTrigger::Test && streak.1.is_none() {
+            streak.1 = Some(a.started_at.timestamp());
+        }
+        if let Some(reason) = report.disable_webhook {
+            disable.push((webhook, reason));
+        }
+        if let Some(event) = report.event {
+            events.push(event);
+        }
+    }
+
+    let mut columns: (Vec<i64>, Vec<String>, Vec<bool>, Vec<Option<String>>) = Default::default();
+    let mut decided: (Vec<Option<i32>>, Vec<Option<i64>>) = Default::default();
+    for (seq, row) in &rows {
+        columns.0.push(*seq);
+        columns
+            .1
+            .push(Value::Array(row.attempts.clone()).to_string());
+        columns.2.push(row.decided.is_some());
+        columns.3.push(row.decided.map(|d| d.0.to_string()));
+        decided.0.push(row.decided.map(|d| d.1));
+        decided.1.push(row.decided.and_then(|d| d.2));
+    }
+    if !columns.0.is_empty() {
+        let update = ctx.prepared(
+            tx,
+            "UPDATE deliveries d SET attempts = u.attempts::jsonb,
+                 status = CASE WHEN u.decided THEN u.status ELSE d.status END,
+                 attempt_count = CASE WHEN u.decided THEN u.attempt_count
+                                      ELSE d.attempt_count END,
+                 next_attempt_at = CASE WHEN u.decided THEN u.next_attempt_at
+                                        ELSE d.next_attempt_at END,
+                 next_trigger = CASE WHEN u.decided THEN 'scheduled' ELSE d.next_trigger END,
+                 final_on_failure = CASE WHEN u.decided THEN false ELSE d.final_on_failure END,
+                 lease_owner = CASE WHEN u.decided THEN NULL ELSE d.lease_owner END,
+                 lease_until = CASE WHEN u.decided THEN NULL ELSE d.lease_until END
+             FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::text[], $5::int[],
+                         $6::bigint[])
+                  AS u(seq, attempts, decided, status, attempt_count, next_attempt_at)
+             WHERE d.seq = u.seq AND d.seq = ANY($1)",
+        )?;
+        tx.execute(
+            &update,
+            &[
+                &columns.0, &columns.1, &columns.2, &columns.3, &decided.0, &decided.1,
+            ],
+        )
+        .context("recording attempts")?;
+    }
+    if !streaks.is_empty() {
+        let (mut hooks, mut since, mut reset) = (Vec::new(), Vec::new(), Vec::new());
+        for (webhook, (succeeded, first_failure)) in streaks {
+            hooks.push(webhook);
+            reset.push(succeeded);
+            since.push(first_failure);
+        }
+        let streak = ctx.prepared(
+            tx,
+            "UPDATE webhooks w
+             SET failing_since = CASE WHEN u.reset THEN u.since
+                                      ELSE coalesce(w.failing_since, u.since) END
+             FROM unnest($1::bigint[], $2::bigint[], $3::bool[]) AS u(seq, since, reset)
+             WHERE w.seq = u.seq
+               AND (u.reset OR (w.failing_since IS NULL AND u.since IS NOT NULL))",
+        )?;
+        tx.execute(&streak, &[&hooks, &since, &reset])
+            .context("updating the endpoints' failure streaks")?;
+    }
+    for (webhook, reason) in disable {
         tx.execute(
             "UPDATE webhooks SET status = 'disabled', disabled_reason = $2, updated_at = $3
              WHERE seq = $1",
-            &[&webhook, reason, &ctx.now.timestamp()],
+            &[&webhook, &reason, &ctx.now.timestamp()],
         )
         .context("disabling a webhook")?;
     }
-    if let Some(event) = report.event {
-        insert_events(tx, ctx, std::slice::from_ref(&event))?;
+    if !events.is_empty() {
+        insert_events(tx, ctx, &events)?;
     }
     Ok(())
 }

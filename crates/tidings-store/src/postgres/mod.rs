@@ -415,10 +415,12 @@ impl Store for PostgresStore {
     }
 
     async fn record_attempt(&self, report: AttemptReport) -> Result<(), StoreError> {
-        self.write(1, move |tx, ctx| {
-            deliveries::record_attempt(tx, ctx, report)
-        })
-        .await
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(Job::attempt(report, tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
     }
 
     async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

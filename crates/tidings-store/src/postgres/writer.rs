@@ -23,8 +23,9 @@ use tidings_domain::audit::AuditContext;
 use tidings_domain::{Event, NewEvent};
 use tokio::sync::oneshot;
 
-use super::{events, partitions};
+use super::{deliveries, events, partitions};
 use crate::clock::Clock;
+use crate::delivery_types::AttemptReport;
 use crate::error::{Context, StoreError};
 
 /// What a job leaves behind: whether to keep its savepoint, and what to do once the
@@ -39,11 +40,19 @@ pub const WRITE_LOCK: i64 = 0x7469_6469_6e67; // "tiding"
 pub(crate) enum Job {
     /// An ingest request: fused with the other ingest requests of its group.
     Ingest(IngestJob),
+    /// A webhook attempt to record: fused with the other attempts of its group.
+    Attempt(AttemptJob),
     /// Any other write: runs in its own savepoint.
     Other { weight: usize, run: JobFn },
 }
 
 /// An ingest request and where its answer goes (after the commit).
+/// An attempt report and where its answer goes (after the commit).
+pub(crate) struct AttemptJob {
+    report: AttemptReport,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
 pub(crate) struct IngestJob {
     events: Vec<NewEvent>,
     audit: AuditContext,
@@ -96,10 +105,19 @@ impl Job {
         })
     }
 
+    /// An attempt report to record; its reply is sent after the commit.
+    pub(crate) fn attempt(
+        report: AttemptReport,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    ) -> Self {
+        Self::Attempt(AttemptJob { report, reply })
+    }
+
     /// What the job counts for against [`MAX_GROUP_WEIGHT`].
     fn weight(&self) -> usize {
         match self {
             Self::Ingest(job) => job.events.len(),
+            Self::Attempt(_) => 1,
             Self::Other { weight, .. } => *weight,
         }
     }
@@ -315,10 +333,12 @@ pub(crate) fn run(url: String, client: Client, rx: mpsc::Receiver<Job>, clock: A
 fn run_group(client: &mut Client, now: DateTime<Utc>, known: &mut Known, group: Vec<Job>) {
     let mut completions = Vec::with_capacity(group.len());
     let mut ingests = Vec::new();
+    let mut attempts = Vec::new();
     let mut others = Vec::new();
     for job in group {
         match job {
             Job::Ingest(job) => ingests.push(job),
+            Job::Attempt(job) => attempts.push(job),
             Job::Other { run, .. } => others.push(run),
         }
     }
@@ -340,6 +360,9 @@ fn run_group(client: &mut Client, now: DateTime<Utc>, known: &mut Known, group: 
             .context("taking the write lock")?;
         if !ingests.is_empty() {
             run_ingests(&mut tx, &mut ctx, ingests, &mut completions)?;
+        }
+        if !attempts.is_empty() {
+            run_attempts(&mut tx, &mut ctx, attempts, &mut completions)?;
         }
         for run in others {
             let mut sp = tx.savepoint("job").context("opening a job savepoint")?;
@@ -429,6 +452,41 @@ fn run_ingests(
                 completions.push(completion(Err(StoreError::Write(reason.clone())), reply));
             }
             sp.rollback().context("rolling the ingest back")?;
+            ctx.restore(snapshot);
+        }
+    }
+    Ok(())
+}
+
+/// Records the attempts reported to a group together, inside one savepoint. A database
+/// error fails them all (their workers see the error and the leases run out, as after a
+/// crash) and leaves the rest of the group to go on.
+fn run_attempts(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    jobs: Vec<AttemptJob>,
+    completions: &mut Vec<Completion>,
+) -> Result<(), StoreError> {
+    let (reports, replies): (Vec<AttemptReport>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.report, j.reply)).unzip();
+    let mut sp = tx
+        .savepoint("attempts")
+        .context("opening the attempts savepoint")?;
+    let snapshot = ctx.snapshot();
+    match deliveries::record_attempts(&mut sp, ctx, reports) {
+        Ok(()) => {
+            for reply in replies {
+                completions.push(completion(Ok(()), reply));
+            }
+            sp.commit().context("releasing the attempts savepoint")?;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, attempts = replies.len(), "recording attempts failed");
+            let reason = e.to_string();
+            for reply in replies {
+                completions.push(completion(Err(StoreError::Write(reason.clone())), reply));
+            }
+            sp.rollback().context("rolling the attempts back")?;
             ctx.restore(snapshot);
         }
     }
