@@ -414,28 +414,19 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
 /// in a scratch database of `--database-url` (all of them dropped afterwards, whatever the
 /// outcome).
 async fn store_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<StoreFigures> {
-    let mut scratch = args.database_url.clone().map(ScratchDatabases::new);
-    let figures = store_scenarios_in(work, args, scratch.as_mut()).await;
-    if let Some(scratch) = scratch {
-        scratch.drop_all().await;
-    }
+    let mut stores = FreshStores::new(work, args);
+    let figures = store_scenarios_in(args, &mut stores).await;
+    stores.drop_all().await;
     figures
 }
 
 async fn store_scenarios_in(
-    work: &Path,
     args: &BenchArgs,
-    mut scratch: Option<&mut ScratchDatabases>,
+    stores: &mut FreshStores<'_>,
 ) -> anyhow::Result<StoreFigures> {
-    let mut location = async |name: &str| -> anyhow::Result<StoreLocation> {
-        Ok(match scratch.as_deref_mut() {
-            Some(s) => StoreLocation::Postgres(s.create(name).await?),
-            None => StoreLocation::Embedded(work.join(name.replace('_', "-"))),
-        })
-    };
     let mut ingest = Vec::new();
     let (result, server) = ingest_scenario(
-        location("batch_1").await?,
+        stores.location("batch_1").await?,
         1,
         args.single_producers,
         args.single_events,
@@ -446,7 +437,7 @@ async fn store_scenarios_in(
     ingest.push(result);
 
     let (result, server) = ingest_scenario(
-        location("batch_100").await?,
+        stores.location("batch_100").await?,
         100,
         args.batch_producers,
         args.batch_100_events,
@@ -456,8 +447,8 @@ async fn store_scenarios_in(
     server.shutdown().await;
     ingest.push(result);
 
-    let query_store = location("batch_1000").await?;
-    let baseline_location = location("baseline").await?;
+    let query_store = stores.location("batch_1000").await?;
+    let baseline_location = stores.location("baseline").await?;
     let load_started = Utc::now();
     let (result, server) = ingest_scenario(
         query_store.clone(),
@@ -526,6 +517,37 @@ async fn store_scenarios_in(
 /// Scratch databases of the store scenarios on a PostgreSQL server, made through its admin
 /// URL. The sync driver runs on blocking threads only (its clients block on a runtime of
 /// their own, also when dropped).
+/// Where the scenarios' fresh stores go: directories under `work`, or scratch databases on
+/// the server of `--database-url`.
+struct FreshStores<'a> {
+    work: &'a Path,
+    scratch: Option<ScratchDatabases>,
+}
+
+impl<'a> FreshStores<'a> {
+    fn new(work: &'a Path, args: &BenchArgs) -> Self {
+        Self {
+            work,
+            scratch: args.database_url.clone().map(ScratchDatabases::new),
+        }
+    }
+
+    /// A fresh store for scenario `name`.
+    async fn location(&mut self, name: &str) -> anyhow::Result<StoreLocation> {
+        Ok(match &mut self.scratch {
+            Some(s) => StoreLocation::Postgres(s.create(name).await?),
+            None => StoreLocation::Embedded(self.work.join(name.replace('_', "-"))),
+        })
+    }
+
+    /// Drops the scratch databases, if any (the directories go with `work`).
+    async fn drop_all(self) {
+        if let Some(scratch) = self.scratch {
+            scratch.drop_all().await;
+        }
+    }
+}
+
 struct ScratchDatabases {
     admin_url: String,
     created: Vec<String>,
@@ -1069,31 +1091,21 @@ const DELIVERY_POLL: Duration = Duration::from_millis(10);
 /// Extra wait after the last expected delivery, so that late duplicates are counted.
 const DELIVERY_SETTLE: Duration = Duration::from_millis(250);
 
-/// The delivery scenarios, each on a fresh store under `work` with the webhooks pointing at
+/// The delivery scenarios, each on a fresh store (under `work`, or in a scratch database of
+/// `--database-url`, dropped afterwards whatever the outcome) with the webhooks pointing at
 /// a receiver inside this process. Every generated event belongs to the seed organization,
 /// so a webhook subscribed to `*` in it receives every event.
-/// The delivery scenarios, each on a fresh store: under `work`, or in a scratch database of
-/// `--database-url` (dropped afterwards, whatever the outcome).
 async fn delivery_scenarios(work: &Path, args: &BenchArgs) -> anyhow::Result<DeliveryReport> {
-    let mut scratch = args.database_url.clone().map(ScratchDatabases::new);
-    let report = delivery_scenarios_in(work, args, scratch.as_mut()).await;
-    if let Some(scratch) = scratch {
-        scratch.drop_all().await;
-    }
+    let mut stores = FreshStores::new(work, args);
+    let report = delivery_scenarios_in(args, &mut stores).await;
+    stores.drop_all().await;
     report
 }
 
 async fn delivery_scenarios_in(
-    work: &Path,
     args: &BenchArgs,
-    mut scratch: Option<&mut ScratchDatabases>,
+    stores: &mut FreshStores<'_>,
 ) -> anyhow::Result<DeliveryReport> {
-    let mut location = async |name: &str| -> anyhow::Result<StoreLocation> {
-        Ok(match scratch.as_deref_mut() {
-            Some(s) => StoreLocation::Postgres(s.create(name).await?),
-            None => StoreLocation::Embedded(work.join(name.replace('_', "-"))),
-        })
-    };
     let peak_reset = reset_peak_memory();
     let deadline = Duration::try_from_secs_f64(args.delivery_deadline)
         .context("--delivery-deadline must be a non-negative number of seconds")?;
@@ -1103,7 +1115,7 @@ async fn delivery_scenarios_in(
     let receiver = WebhookReceiver::start(args.fanout_endpoints as u32).await?;
 
     // One endpoint: throughput, then latency at a steady rate, on the same store.
-    let mut rig = DeliveryRig::start(location("delivery").await?, args).await?;
+    let mut rig = DeliveryRig::start(stores.location("delivery").await?, args).await?;
     rig.add_webhook(&receiver.url(0)).await?;
     rig.endpoints = 1;
     let mut generator = EventGenerator::new(args.seed, 1);
@@ -1173,7 +1185,7 @@ async fn delivery_scenarios_in(
             },
             grouped(args.fanout_events)
         );
-        let mut rig = DeliveryRig::start(location(name).await?, args).await?;
+        let mut rig = DeliveryRig::start(stores.location(name).await?, args).await?;
         let mut generator = EventGenerator::new(args.seed, 1);
         if dead {
             rig.add_webhook(&receiver.dead_url()).await?;

@@ -136,10 +136,16 @@ impl PostgresStore {
         + Send
         + 'static,
     ) -> Result<T, StoreError> {
+        self.submit(|reply| Job::new(weight, work, reply)).await
+    }
+
+    /// Queues the job made by `job` and waits for its answer, sent after the commit.
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(Job::new(weight, work, tx))
-            .map_err(|_| StoreError::Closed)?;
+        self.writes.send(job(tx)).map_err(|_| StoreError::Closed)?;
         rx.await
             .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
     }
@@ -238,12 +244,8 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         // Not a plain job: the writer fuses the ingest requests of a group into one batch.
-        let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(Job::ingest(events, audit.clone(), tx))
-            .map_err(|_| StoreError::Closed)?;
-        rx.await
-            .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
+        let audit = audit.clone();
+        self.submit(|reply| Job::ingest(events, audit, reply)).await
     }
 
     async fn list_events(
@@ -415,12 +417,8 @@ impl Store for PostgresStore {
     }
 
     async fn record_attempt(&self, report: AttemptReport) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(Job::attempt(report, tx))
-            .map_err(|_| StoreError::Closed)?;
-        rx.await
-            .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
+        // Not a plain job either: the attempts of a group are recorded together.
+        self.submit(|reply| Job::attempt(report, reply)).await
     }
 
     async fn next_delivery_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

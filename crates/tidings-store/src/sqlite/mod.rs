@@ -103,19 +103,15 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `work` on the writer thread, inside the next group commit; returns after the
-    /// commit. `weight` bounds the group (events for ingest, 1 otherwise).
+    /// Runs `work` on the writer thread, inside the next group commit, in its own
+    /// savepoint; returns after the commit. `weight` bounds the group (events for ingest, 1
+    /// otherwise).
     async fn write<T: Send + 'static>(
         &self,
         weight: usize,
         work: impl FnOnce(&Connection, &mut WriterCtx<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(Job::new(weight, work, tx))
-            .map_err(|_| StoreError::Closed)?;
-        rx.await
-            .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
+        self.submit(|reply| Job::new(weight, work, reply)).await
     }
 
     /// Like [`SqliteStore::write`], without a savepoint: for jobs that refuse (with
@@ -125,10 +121,16 @@ impl SqliteStore {
         weight: usize,
         work: impl FnOnce(&Connection, &mut WriterCtx<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.submit(|reply| Job::checked(weight, work, reply)).await
+    }
+
+    /// Queues the job made by `job` and waits for its answer, sent after the commit.
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(Job::checked(weight, work, tx))
-            .map_err(|_| StoreError::Closed)?;
+        self.writes.send(job(tx)).map_err(|_| StoreError::Closed)?;
         rx.await
             .map_err(|_| StoreError::Write("the write group failed before this job ran".into()))?
     }
