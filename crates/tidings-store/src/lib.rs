@@ -9,6 +9,7 @@ mod delivery_types;
 mod error;
 pub mod postgres;
 pub mod retention;
+mod routing;
 mod rows;
 pub mod sqlite;
 

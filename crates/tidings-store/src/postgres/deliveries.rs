@@ -22,8 +22,8 @@ use postgres::{Client, GenericClient, Row, Transaction};
 use serde_json::Value;
 use tidings_domain::ids::{DeliveryId, WebhookId};
 use tidings_domain::webhook::SigningSecret;
-use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
-use tidings_domain::{Event, EventId, Tenant, TimeRange, TypePattern};
+use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, webhook_wants};
+use tidings_domain::{Event, EventId, Tenant, TimeRange};
 
 use serde_json::json;
 use tidings_domain::audit::AuditContext;
@@ -37,59 +37,21 @@ use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
 };
 use crate::error::{Context, StoreError};
-use crate::rows::{
-    corrupt, from_millis, millis, parse_patterns, timestamp, two_digit_year, webhook_id,
-};
+use crate::routing::{ActiveWebhook, ROUTING_COLUMNS, RoutedEvent, wanted};
+use crate::rows::{corrupt, from_millis, millis, timestamp, two_digit_year, webhook_id};
 use crate::{Page, PageRequest};
 
-/// What fan-out and replay need of an event to route it.
-const ROUTING_COLUMNS: &str = "seq, org, workspace, type, subject_type, subject_id, created_at";
-
-struct RoutedEvent {
-    seq: i64,
-    org: String,
-    workspace: Option<String>,
-    event_type: String,
-    subject_type: String,
-    subject_id: String,
-    created_at: i64,
-}
-
-impl RoutedEvent {
-    fn from_row(r: &Row) -> Self {
-        Self {
-            seq: r.get(0),
-            org: r.get(1),
-            workspace: r.get(2),
-            event_type: r.get(3),
-            subject_type: r.get(4),
-            subject_id: r.get(5),
-            created_at: r.get(6),
-        }
+/// A [`RoutedEvent`] from a row selected with [`ROUTING_COLUMNS`].
+fn routed_event(r: &Row) -> RoutedEvent {
+    RoutedEvent {
+        seq: r.get(0),
+        org: r.get(1),
+        workspace: r.get(2),
+        event_type: r.get(3),
+        subject_type: r.get(4),
+        subject_id: r.get(5),
+        created_at: r.get(6),
     }
-
-    fn routing(&self) -> EventRouting<'_> {
-        EventRouting {
-            organization_id: &self.org,
-            workspace_id: self.workspace.as_deref(),
-            event_type: &self.event_type,
-            subject_type: &self.subject_type,
-            subject_id: &self.subject_id,
-        }
-    }
-
-    /// The year in the event's ID.
-    fn year(&self) -> Result<u8, StoreError> {
-        Ok(two_digit_year(timestamp(self.created_at)?))
-    }
-}
-
-struct ActiveWebhook {
-    seq: i64,
-    id: String,
-    workspace: Option<String>,
-    patterns: Vec<TypePattern>,
-    start_after_seq: i64,
 }
 
 /// A delivery to create.
@@ -199,7 +161,7 @@ pub(crate) fn fan_out(
         )
         .context("reading events to fan out")?
         .iter()
-        .map(RoutedEvent::from_row)
+        .map(routed_event)
         .collect();
     let Some(last) = events.last().map(|e| e.seq) else {
         return Ok(FanoutReport::default());
@@ -216,41 +178,31 @@ pub(crate) fn fan_out(
     for row in rows {
         let seq: i64 = row.get(0);
         let types: String = row.get(3);
-        by_org.entry(row.get(1)).or_default().push(ActiveWebhook {
-            seq,
-            id: webhook_id(seq, timestamp(row.get(5))?).to_string(),
-            workspace: row.get(2),
-            patterns: parse_patterns(&types)?,
-            start_after_seq: row.get(4),
-        });
+        by_org
+            .entry(row.get(1))
+            .or_default()
+            .push(ActiveWebhook::new(
+                seq,
+                row.get(2),
+                &types,
+                row.get(4),
+                row.get(5),
+            )?);
     }
 
-    let mut created = Vec::new();
-    for event in &events {
-        let Some(hooks) = by_org.get(&event.org) else {
-            continue;
-        };
-        for hook in hooks {
-            if event.seq > hook.start_after_seq
-                && webhook_wants(
-                    &hook.id,
-                    &event.org,
-                    hook.workspace.as_deref(),
-                    &hook.patterns,
-                    &event.routing(),
-                )
-            {
-                created.push(NewDelivery {
-                    webhook_seq: hook.seq,
-                    event: Some((event.seq, event.year()?)),
-                    event_type: &event.event_type,
-                    trigger: AttemptTrigger::Scheduled,
-                    due: Some(ctx.now),
-                    lease_owner: None,
-                });
-            }
-        }
-    }
+    let created = wanted(&events, &by_org)
+        .into_iter()
+        .map(|(webhook_seq, event)| {
+            Ok(NewDelivery {
+                webhook_seq,
+                event: Some((event.seq, event.year()?)),
+                event_type: &event.event_type,
+                trigger: AttemptTrigger::Scheduled,
+                due: Some(ctx.now),
+                lease_owner: None,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     insert_deliveries(tx, ctx, &created)?;
     tx.execute(
         "UPDATE fanout_cursor SET last_event_seq = $1 WHERE id = 1",
@@ -788,7 +740,7 @@ pub(crate) fn replay(
         )
         .context("reading events to replay")?
         .iter()
-        .map(RoutedEvent::from_row)
+        .map(routed_event)
         .collect();
     let id = hook.id.to_string();
     let wanted: Vec<&RoutedEvent> = rows

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tidings_domain::ids::{DeliveryId, WebhookId};
-use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, EventRouting, webhook_wants};
-use tidings_domain::{EventId, Tenant, TimeRange, TypePattern};
+use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, webhook_wants};
+use tidings_domain::{EventId, Tenant, TimeRange};
 
 use tidings_domain::audit::AuditContext;
 
@@ -25,59 +25,21 @@ use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
 };
 use crate::error::{Context, StoreError};
-use crate::rows::{
-    corrupt, from_millis, millis, parse_patterns, timestamp, two_digit_year, webhook_id,
-};
+use crate::routing::{ActiveWebhook, ROUTING_COLUMNS, RoutedEvent, wanted};
+use crate::rows::{corrupt, from_millis, millis, timestamp, two_digit_year, webhook_id};
 use crate::{Page, PageRequest};
 
-/// What fan-out and replay need of an event to route it.
-const ROUTING_COLUMNS: &str = "seq, org, workspace, type, subject_type, subject_id, created_at";
-
-struct RoutedEvent {
-    seq: i64,
-    org: String,
-    workspace: Option<String>,
-    event_type: String,
-    subject_type: String,
-    subject_id: String,
-    created_at: i64,
-}
-
-impl RoutedEvent {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            seq: r.get(0)?,
-            org: r.get(1)?,
-            workspace: r.get(2)?,
-            event_type: r.get(3)?,
-            subject_type: r.get(4)?,
-            subject_id: r.get(5)?,
-            created_at: r.get(6)?,
-        })
-    }
-
-    fn routing(&self) -> EventRouting<'_> {
-        EventRouting {
-            organization_id: &self.org,
-            workspace_id: self.workspace.as_deref(),
-            event_type: &self.event_type,
-            subject_type: &self.subject_type,
-            subject_id: &self.subject_id,
-        }
-    }
-
-    /// The year in the event's ID.
-    fn year(&self) -> Result<u8, StoreError> {
-        Ok(two_digit_year(timestamp(self.created_at)?))
-    }
-}
-
-struct ActiveWebhook {
-    seq: i64,
-    id: String,
-    workspace: Option<String>,
-    patterns: Vec<TypePattern>,
-    start_after_seq: i64,
+/// A [`RoutedEvent`] from a row selected with [`ROUTING_COLUMNS`].
+fn routed_event(r: &Row<'_>) -> rusqlite::Result<RoutedEvent> {
+    Ok(RoutedEvent {
+        seq: r.get(0)?,
+        org: r.get(1)?,
+        workspace: r.get(2)?,
+        event_type: r.get(3)?,
+        subject_type: r.get(4)?,
+        subject_id: r.get(5)?,
+        created_at: r.get(6)?,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -148,7 +110,7 @@ pub(crate) fn fan_out(
             "SELECT {ROUTING_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
         ))
         .context("preparing the fan-out read")?
-        .query_map(params![cursor, max_events as i64], RoutedEvent::from_row)
+        .query_map(params![cursor, max_events as i64], routed_event)
         .context("reading events to fan out")?
         .collect::<Result<_, _>>()
         .context("reading an event to fan out")?;
@@ -178,45 +140,30 @@ pub(crate) fn fan_out(
     for row in rows {
         let (seq, org, workspace, types, start_after_seq, created_at) =
             row.context("reading a webhook")?;
-        by_org.entry(org).or_default().push(ActiveWebhook {
+        by_org.entry(org).or_default().push(ActiveWebhook::new(
             seq,
-            id: webhook_id(seq, timestamp(created_at)?).to_string(),
             workspace,
-            patterns: parse_patterns(&types)?,
+            &types,
             start_after_seq,
-        });
+            created_at,
+        )?);
     }
 
-    let mut created = 0;
-    for event in &events {
-        let Some(hooks) = by_org.get(&event.org) else {
-            continue;
-        };
-        for hook in hooks {
-            if event.seq > hook.start_after_seq
-                && webhook_wants(
-                    &hook.id,
-                    &event.org,
-                    hook.workspace.as_deref(),
-                    &hook.patterns,
-                    &event.routing(),
-                )
-            {
-                let now = ctx.now;
-                insert_delivery(
-                    conn,
-                    ctx,
-                    hook.seq,
-                    Some((event.seq, event.year()?)),
-                    &event.event_type,
-                    AttemptTrigger::Scheduled,
-                    Some(now),
-                    None,
-                )?;
-                created += 1;
-            }
-        }
+    let pairs = wanted(&events, &by_org);
+    let now = ctx.now;
+    for (webhook_seq, event) in &pairs {
+        insert_delivery(
+            conn,
+            ctx,
+            *webhook_seq,
+            Some((event.seq, event.year()?)),
+            &event.event_type,
+            AttemptTrigger::Scheduled,
+            Some(now),
+            None,
+        )?;
     }
+    let created = pairs.len();
     conn.execute(
         "UPDATE fanout_cursor SET last_event_seq = ?1 WHERE id = 1",
         [last],
@@ -672,7 +619,7 @@ pub(crate) fn replay(
         .context("preparing the replay read")?
         .query_map(
             params![org, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)],
-            RoutedEvent::from_row,
+            routed_event,
         )
         .context("reading events to replay")?
         .collect::<Result<_, _>>()
