@@ -12,6 +12,7 @@ pub mod retention;
 mod routing;
 mod rows;
 pub mod sqlite;
+mod stored;
 
 use async_trait::async_trait;
 use rand::Rng;

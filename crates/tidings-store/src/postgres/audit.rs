@@ -5,8 +5,7 @@
 use postgres::{GenericClient, Row, Transaction};
 use tidings_domain::Tenant;
 use tidings_domain::audit::{
-    AuditActor, AuditContext, AuditEntry, AuditRecord, AuditResource, ChainedRecord,
-    PLATFORM_CHAIN, chain_hash,
+    AuditContext, AuditEntry, AuditRecord, ChainedRecord, PLATFORM_CHAIN, chain_hash,
 };
 use tidings_domain::ids::AuditId;
 
@@ -14,14 +13,9 @@ use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::audit_types::AuditFilter;
 use crate::error::{Context, StoreError};
-use crate::rows::{corrupt, timestamp, two_digit_year};
+use crate::rows::{timestamp, two_digit_year};
+use crate::stored::{self, AUDIT_COLUMNS};
 use crate::{Page, PageRequest};
-
-fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("an audit hash has the wrong length".into()))
-}
 
 /// Where a chain starts: the checkpoint left by retention, or zeros.
 pub(crate) fn chain_start(c: &mut impl GenericClient, chain: &str) -> Result<[u8; 32], StoreError> {
@@ -30,7 +24,7 @@ pub(crate) fn chain_start(c: &mut impl GenericClient, chain: &str) -> Result<[u8
         &[&chain],
     )
     .context("reading an audit checkpoint")?
-    .map(|r| to_hash(r.get(0)))
+    .map(|r| stored::hash(r.get(0)))
     .transpose()
     .map(|h| h.unwrap_or([0u8; 32]))
 }
@@ -97,7 +91,7 @@ pub(crate) fn append_each(
         {
             let chain: String = row.get(0);
             let head = match row.get::<_, Option<Vec<u8>>>(1) {
-                Some(h) => to_hash(h)?,
+                Some(h) => stored::hash(h)?,
                 None => [0u8; 32],
             };
             ctx.set_chain_head(&chain, head);
@@ -202,38 +196,8 @@ impl AuditRows {
     }
 }
 
-const AUDIT_COLUMNS: &str = "seq, org, actor_type, actor_id, action, resource_type, resource_id, request_id, source_ip, user_agent, changes, created_at, prev_hash, hash";
-
 fn chained_from_row(row: &Row) -> Result<ChainedRecord, StoreError> {
-    let seq: i64 = row.get(0);
-    let org: Option<String> = row.get(1);
-    let changes: String = row.get(10);
-    let created_at = timestamp(row.get(11))?;
-    Ok(ChainedRecord {
-        record: AuditRecord {
-            id: AuditId::new(two_digit_year(created_at), seq as u64),
-            organization_id: org
-                .map(|o| o.parse())
-                .transpose()
-                .map_err(|e| corrupt("audit org", e))?,
-            actor: AuditActor {
-                actor_type: row.get(2),
-                id: row.get(3),
-            },
-            action: row.get(4),
-            resource: AuditResource {
-                resource_type: row.get(5),
-                id: row.get(6),
-            },
-            request_id: row.get(7),
-            source_ip: row.get(8),
-            user_agent: row.get(9),
-            changes: serde_json::from_str(&changes).map_err(|e| corrupt("audit changes", e))?,
-            created_at,
-        },
-        prev_hash: to_hash(row.get(12))?,
-        hash: to_hash(row.get(13))?,
-    })
+    stored::audit_record(row)
 }
 
 pub(crate) fn list(

@@ -9,53 +9,23 @@
 use std::collections::HashMap;
 
 use postgres::{GenericClient, Row, Transaction};
-use serde_json::value::RawValue;
 use tidings_domain::audit::AuditContext;
 use tidings_domain::{
-    Actor, Event, EventFilter, EventId, EventType, FieldProblem, NewEvent, Order, Subject, Tenant,
-    TypePattern,
+    Event, EventFilter, EventId, FieldProblem, NewEvent, Order, Tenant, TypePattern,
 };
 
 use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::audit_entries::batch_audit_entries;
 use crate::error::{Context, StoreError};
-use crate::rows::{corrupt, into_page, timestamp, two_digit_year};
+use crate::rows::{into_page, two_digit_year};
+use crate::stored;
+pub(crate) use crate::stored::EVENT_COLUMNS;
 use crate::{Page, PageRequest};
-
-pub(crate) const EVENT_COLUMNS: &str = "seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id, payload, created_at";
 
 /// Maps a row selected with [`EVENT_COLUMNS`].
 pub(crate) fn event_from_row(row: &Row) -> Result<Event, StoreError> {
-    let seq: i64 = row.get(0);
-    let org: String = row.get(1);
-    let workspace: Option<String> = row.get(2);
-    let event_type: String = row.get(3);
-    let actor_type: String = row.get(4);
-    let actor_id: String = row.get(5);
-    let subject_type: String = row.get(6);
-    let subject_id: String = row.get(7);
-    let payload: String = row.get(8);
-    let created_at = timestamp(row.get(9))?;
-    Ok(Event {
-        id: EventId::new(two_digit_year(created_at), seq as u64),
-        event_type: EventType::parse(&event_type).map_err(|e| corrupt("type", e))?,
-        organization_id: org.parse().map_err(|e| corrupt("org", e))?,
-        workspace_id: workspace
-            .map(|w| w.parse())
-            .transpose()
-            .map_err(|e| corrupt("workspace", e))?,
-        actor: Actor {
-            actor_type: actor_type.parse().map_err(|e| corrupt("actor", e))?,
-            id: actor_id.parse().map_err(|e| corrupt("actor", e))?,
-        },
-        subject: Subject {
-            subject_type: subject_type.parse().map_err(|e| corrupt("subject", e))?,
-            id: subject_id.parse().map_err(|e| corrupt("subject", e))?,
-        },
-        payload: RawValue::from_string(payload).map_err(|e| corrupt("payload", e))?,
-        created_at,
-    })
+    stored::event(row)
 }
 
 pub(crate) fn list_events(

@@ -2,37 +2,15 @@
 
 use postgres::{GenericClient, Row, Transaction};
 use tidings_domain::audit::AuditContext;
-use tidings_domain::{ApiKey, KeyId, NewApiKey, Scope};
+use tidings_domain::{ApiKey, KeyId, NewApiKey};
 
 use super::writer::WriterCtx;
 use crate::audit_entries;
 use crate::error::{Context, StoreError};
-use crate::rows::{corrupt, timestamp, two_digit_year};
-
-const KEY_COLUMNS: &str = "seq, org, scopes, rate_limit, description, created_at, revoked_at";
+use crate::stored::{self, KEY_COLUMNS};
 
 fn key_from_row(row: &Row) -> Result<ApiKey, StoreError> {
-    let seq: i64 = row.get(0);
-    let org: Option<String> = row.get(1);
-    let scopes: String = row.get(2);
-    let rate_limit: Option<i64> = row.get(3);
-    let created_at = timestamp(row.get(5))?;
-    let revoked_at: Option<i64> = row.get(6);
-    Ok(ApiKey {
-        id: KeyId::new(two_digit_year(created_at), seq as u64),
-        organization_id: org
-            .map(|o| o.parse())
-            .transpose()
-            .map_err(|e| corrupt("key org", e))?,
-        scopes: Scope::parse_list(&scopes).map_err(|e| corrupt("key scopes", e))?,
-        rate_limit: rate_limit
-            .map(u32::try_from)
-            .transpose()
-            .map_err(|e| corrupt("key rate limit", e))?,
-        description: row.get(4),
-        created_at,
-        revoked_at: revoked_at.map(timestamp).transpose()?,
-    })
+    stored::api_key(row)
 }
 
 fn key_by_seq(c: &mut impl GenericClient, seq: u64) -> Result<Option<ApiKey>, StoreError> {

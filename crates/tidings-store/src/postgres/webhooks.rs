@@ -15,33 +15,13 @@ use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::delivery_types::{NewWebhook, WebhookUpdate};
 use crate::error::{Context, StoreError};
-use crate::rows::{corrupt, join_patterns, parse_patterns, timestamp, webhook_id};
+use crate::rows::{corrupt, join_patterns, webhook_id};
+use crate::stored;
+pub(crate) use crate::stored::WEBHOOK_COLUMNS;
 use crate::{Page, PageRequest};
 
-pub(crate) const WEBHOOK_COLUMNS: &str = "seq, org, workspace, url, event_types, description, status, disabled_reason, created_at, updated_at";
-
 fn webhook_from_row(row: &Row) -> Result<Webhook, StoreError> {
-    let seq: i64 = row.get(0);
-    let org: String = row.get(1);
-    let workspace: Option<String> = row.get(2);
-    let event_types: String = row.get(4);
-    let status: String = row.get(6);
-    let created_at = timestamp(row.get(8))?;
-    Ok(Webhook {
-        id: webhook_id(seq, created_at),
-        organization_id: org.parse().map_err(|e| corrupt("webhook org", e))?,
-        workspace_id: workspace
-            .map(|w| w.parse())
-            .transpose()
-            .map_err(|e| corrupt("webhook workspace", e))?,
-        url: row.get(3),
-        event_types: parse_patterns(&event_types)?,
-        description: row.get(5),
-        status: status.parse().map_err(|e| corrupt("webhook status", e))?,
-        disabled_reason: row.get(7),
-        created_at,
-        updated_at: timestamp(row.get(9))?,
-    })
+    stored::webhook(row)
 }
 
 /// The newest event number as the writer sees it: events minted earlier in this write group

@@ -4,8 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tidings_domain::Tenant;
 use tidings_domain::audit::{
-    AuditActor, AuditContext, AuditEntry, AuditRecord, AuditResource, ChainedRecord,
-    PLATFORM_CHAIN, chain_hash,
+    AuditContext, AuditEntry, AuditRecord, ChainedRecord, PLATFORM_CHAIN, chain_hash,
 };
 use tidings_domain::ids::AuditId;
 
@@ -13,17 +12,12 @@ use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::audit_types::AuditFilter;
 use crate::error::{Context, StoreError};
-use crate::rows::{corrupt, timestamp, two_digit_year};
+use crate::rows::{timestamp, two_digit_year};
+use crate::stored::{self, AUDIT_COLUMNS};
 use crate::{Page, PageRequest};
 
 fn chain_of(entry_org: Option<&str>) -> String {
     entry_org.unwrap_or(PLATFORM_CHAIN).to_string()
-}
-
-fn to_hash(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("an audit hash has the wrong length".into()))
 }
 
 /// Where a chain starts: the checkpoint left by retention, or zeros.
@@ -35,7 +29,7 @@ pub(crate) fn chain_start(conn: &Connection, chain: &str) -> Result<[u8; 32], St
     )
     .optional()
     .context("reading an audit checkpoint")?
-    .map(to_hash)
+    .map(stored::hash)
     .transpose()
     .map(|h| h.unwrap_or([0u8; 32]))
 }
@@ -55,7 +49,7 @@ pub(crate) fn append(
         .optional()
         .context("reading the chain head")?
     {
-        Some(h) => to_hash(h)?,
+        Some(h) => stored::hash(h)?,
         None => chain_start(conn, &chain)?,
     };
     let seq = ctx.next_id(conn, "AUD")?;
@@ -101,51 +95,8 @@ pub(crate) fn append(
     Ok(())
 }
 
-const AUDIT_COLUMNS: &str = "seq, org, actor_type, actor_id, action, resource_type, resource_id, request_id, source_ip, user_agent, changes, created_at, prev_hash, hash";
-
 fn chained_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ChainedRecord, StoreError>> {
-    let seq: i64 = row.get(0)?;
-    let org: Option<String> = row.get(1)?;
-    let actor_type: String = row.get(2)?;
-    let actor_id: String = row.get(3)?;
-    let action: String = row.get(4)?;
-    let resource_type: String = row.get(5)?;
-    let resource_id: String = row.get(6)?;
-    let request_id: Option<String> = row.get(7)?;
-    let source_ip: Option<String> = row.get(8)?;
-    let user_agent: Option<String> = row.get(9)?;
-    let changes: String = row.get(10)?;
-    let created_at: i64 = row.get(11)?;
-    let prev_hash: Vec<u8> = row.get(12)?;
-    let hash: Vec<u8> = row.get(13)?;
-    Ok((|| {
-        let created_at = timestamp(created_at)?;
-        Ok(ChainedRecord {
-            record: AuditRecord {
-                id: AuditId::new(two_digit_year(created_at), seq as u64),
-                organization_id: org
-                    .map(|o| o.parse())
-                    .transpose()
-                    .map_err(|e| corrupt("audit org", e))?,
-                actor: AuditActor {
-                    actor_type,
-                    id: actor_id,
-                },
-                action,
-                resource: AuditResource {
-                    resource_type,
-                    id: resource_id,
-                },
-                request_id,
-                source_ip,
-                user_agent,
-                changes: serde_json::from_str(&changes).map_err(|e| corrupt("audit changes", e))?,
-                created_at,
-            },
-            prev_hash: to_hash(prev_hash)?,
-            hash: to_hash(hash)?,
-        })
-    })())
+    Ok(stored::audit_record(row))
 }
 
 pub(crate) fn list(

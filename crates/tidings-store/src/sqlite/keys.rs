@@ -2,38 +2,15 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tidings_domain::audit::AuditContext;
-use tidings_domain::{ApiKey, KeyId, NewApiKey, Scope};
+use tidings_domain::{ApiKey, KeyId, NewApiKey};
 
 use super::writer::WriterCtx;
 use crate::audit_entries;
 use crate::error::{Context, StoreError};
-use crate::rows::{corrupt, timestamp, two_digit_year};
-
-const KEY_COLUMNS: &str = "seq, org, scopes, rate_limit, description, created_at, revoked_at";
+use crate::stored::{self, KEY_COLUMNS};
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiKey, StoreError>> {
-    let seq: i64 = row.get(0)?;
-    let org: Option<String> = row.get(1)?;
-    let scopes: String = row.get(2)?;
-    let rate_limit: Option<u32> = row.get(3)?;
-    let description: Option<String> = row.get(4)?;
-    let created_at: i64 = row.get(5)?;
-    let revoked_at: Option<i64> = row.get(6)?;
-    Ok((|| {
-        let created_at = timestamp(created_at)?;
-        Ok(ApiKey {
-            id: KeyId::new(two_digit_year(created_at), seq as u64),
-            organization_id: org
-                .map(|o| o.parse())
-                .transpose()
-                .map_err(|e| corrupt("key org", e))?,
-            scopes: Scope::parse_list(&scopes).map_err(|e| corrupt("key scopes", e))?,
-            rate_limit,
-            description,
-            created_at,
-            revoked_at: revoked_at.map(timestamp).transpose()?,
-        })
-    })())
+    Ok(stored::api_key(row))
 }
 
 pub(crate) fn key_by_seq(conn: &Connection, seq: u64) -> Result<Option<ApiKey>, StoreError> {

@@ -15,40 +15,13 @@ use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::delivery_types::{NewWebhook, WebhookUpdate};
 use crate::error::{Context, StoreError};
-use crate::rows::{corrupt, join_patterns, parse_patterns, timestamp, webhook_id};
+use crate::rows::{corrupt, join_patterns, webhook_id};
+use crate::stored;
+pub(crate) use crate::stored::WEBHOOK_COLUMNS;
 use crate::{Page, PageRequest};
 
-pub(crate) const WEBHOOK_COLUMNS: &str = "seq, org, workspace, url, event_types, description, status, disabled_reason, created_at, updated_at";
-
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Webhook, StoreError>> {
-    let seq: i64 = row.get(0)?;
-    let org: String = row.get(1)?;
-    let workspace: Option<String> = row.get(2)?;
-    let url: String = row.get(3)?;
-    let event_types: String = row.get(4)?;
-    let description: Option<String> = row.get(5)?;
-    let status: String = row.get(6)?;
-    let disabled_reason: Option<String> = row.get(7)?;
-    let created_at: i64 = row.get(8)?;
-    let updated_at: i64 = row.get(9)?;
-    Ok((|| {
-        let created_at = timestamp(created_at)?;
-        Ok(Webhook {
-            id: webhook_id(seq, created_at),
-            organization_id: org.parse().map_err(|e| corrupt("webhook org", e))?,
-            workspace_id: workspace
-                .map(|w| w.parse())
-                .transpose()
-                .map_err(|e| corrupt("webhook workspace", e))?,
-            url,
-            event_types: parse_patterns(&event_types)?,
-            description,
-            status: status.parse().map_err(|e| corrupt("webhook status", e))?,
-            disabled_reason,
-            created_at,
-            updated_at: timestamp(updated_at)?,
-        })
-    })())
+    Ok(stored::webhook(row))
 }
 
 /// The webhook `id`, if it exists within `tenant`. Every webhook query starts here, so a
