@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod common;
+
 use postgres::{Client, NoTls};
-use rand::Rng;
 use tidings_domain::audit::{AuditActor, AuditContext, ChainedRecord, verify_chain};
 use tidings_domain::{
     Catalog, Event, EventFilter, IngestFormat, NewEvent, Order, OrgId, Tenant, WorkspaceId,
@@ -18,28 +19,6 @@ use tidings_domain::{
 };
 use tidings_store::postgres::WRITE_LOCK;
 use tidings_store::{PageRequest, PostgresStore, SqliteStore, Store, StoreError};
-
-/// A fresh database on the test cluster; returns its URL.
-fn fresh_database() -> String {
-    let admin = std::env::var("TIDINGS_TEST_POSTGRES_URL").expect(
-        "TIDINGS_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts PostgreSQL",
-    );
-    let name = format!("tidings_order_{}", rand::rng().random::<u32>());
-    std::thread::spawn({
-        let (admin, name) = (admin.clone(), name.clone());
-        move || {
-            let mut c = Client::connect(&admin, NoTls).expect("connect to the test cluster");
-            c.batch_execute(&format!("CREATE DATABASE {name}"))
-                .expect("create a test database");
-        }
-    })
-    .join()
-    .expect("database setup");
-    match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("TIDINGS_TEST_POSTGRES_URL must end in /<database>"),
-    }
-}
 
 fn events(org: &str, n: usize) -> Vec<NewEvent> {
     let body: Vec<String> = (0..n)
@@ -81,7 +60,7 @@ async fn read_after(store: &PostgresStore, org: &OrgId, after: Option<u64>) -> V
 /// every higher number: the events of a later write become visible only after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_commit_is_never_skipped() {
-    let url = fresh_database();
+    let url = common::fresh_database("tidings_order");
     let a = PostgresStore::connect(&url).expect("store a");
     let b = PostgresStore::connect(&url).expect("store b");
     let org: OrgId = "ORG-26-000001".parse().expect("org");
@@ -152,7 +131,7 @@ async fn a_late_commit_is_never_skipped() {
 /// where it stopped: what it reads, concatenated, is every number exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oldest_first_walk_during_concurrent_ingest_sees_every_event_once() {
-    let url = fresh_database();
+    let url = common::fresh_database("tidings_order");
     let stores = [
         Arc::new(PostgresStore::connect(&url).expect("store a")),
         Arc::new(PostgresStore::connect(&url).expect("store b")),
@@ -270,7 +249,7 @@ async fn verified_audit_records(store: &impl Store) -> Vec<ChainedRecord> {
 /// every request gets its own audit record on intact chains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fused_ingest_requests_are_checked_and_answered_one_by_one() {
-    let url = fresh_database();
+    let url = common::fresh_database("tidings_order");
     let store = Arc::new(PostgresStore::connect(&url).expect("store"));
     // Hold the write lock so the requests pile up and the writer fuses them.
     let hold = move || {
