@@ -761,62 +761,46 @@ fn raw_sqlite_baseline(
     file: &Path,
     args: &BenchArgs,
 ) -> anyhow::Result<(BaselineResult, FileSizes)> {
-    eprintln!(
-        "bench: raw SQLite baseline, {} rows per transaction, {} events",
-        grouped(BASELINE_ROWS_PER_TRANSACTION as u64),
-        grouped(args.events)
-    );
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut db = RawSqliteBaseline::create(file)
         .with_context(|| format!("creating the baseline database {}", file.display()))?;
-    let catalog = Catalog::builtin();
-    let mut generator = EventGenerator::new(args.seed, args.orgs as usize);
-    let progress = Progress::start("baseline".into(), args.events, "events");
-    let mut inserting = Duration::ZERO;
-    let mut left = args.events;
-    while left > 0 {
-        let n = left.min(BASELINE_ROWS_PER_TRANSACTION as u64);
-        let rows = validated_events(&mut generator, n, &catalog)?;
-        let started = Instant::now();
-        db.insert_transaction(&rows, Utc::now().timestamp())
-            .context("inserting into the baseline database")?;
-        inserting += started.elapsed();
-        progress.done.fetch_add(n, Ordering::Relaxed);
-        left -= n;
-    }
-    drop(progress);
-    let sizes = file_sizes(file)?;
-    let seconds = inserting.as_secs_f64();
-    let result = BaselineResult {
-        events: args.events,
-        rows_per_transaction: BASELINE_ROWS_PER_TRANSACTION,
-        seconds,
-        events_per_second: args.events as f64 / seconds,
-    };
-    eprintln!(
-        "bench:   {} events/s",
-        grouped(result.events_per_second as u64)
-    );
-    Ok((result, sizes))
+    let result = timed_baseline("SQLite", args, |rows, at| db.insert_transaction(rows, at))?;
+    Ok((result, file_sizes(file)?))
 }
 
-/// Inserts the batch-1,000 scenario's rows (same generator, same seed) into the fresh
-/// database at `url`, set up with the store's migrations and partitions, one multi-row
-/// insert and [`BASELINE_ROWS_PER_TRANSACTION`] rows per transaction. Only the inserts and
-/// commits are timed. Returns the figures and `pg_database_size` (WAL: 0, see
-/// [`StorageResult::wal_bytes`]). Blocking: runs on a blocking thread.
+/// The same into the fresh database at `url`, set up with the store's migrations and
+/// partitions, one multi-row insert per transaction. Returns the figures and
+/// `pg_database_size` (WAL: 0, see [`StorageResult::wal_bytes`]). Blocking: runs on a
+/// blocking thread.
 fn raw_postgres_baseline(
     url: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<(BaselineResult, FileSizes)> {
+    let mut db = RawPostgresBaseline::create(url).context("setting up the baseline database")?;
+    let result = timed_baseline("PostgreSQL", args, |rows, at| {
+        db.insert_transaction(rows, at)
+    })?;
+    let sizes = FileSizes {
+        database: db.size_bytes().context("reading the baseline's size")?,
+        wal: 0,
+    };
+    Ok((result, sizes))
+}
+
+/// Generates the batch-1,000 scenario's events (untimed) and hands them to `insert`
+/// [`BASELINE_ROWS_PER_TRANSACTION`] at a time, timing only `insert`.
+fn timed_baseline(
+    engine: &str,
+    args: &BenchArgs,
+    mut insert: impl FnMut(&[NewEvent], i64) -> Result<(), tidings_store::StoreError>,
+) -> anyhow::Result<BaselineResult> {
     eprintln!(
-        "bench: raw PostgreSQL baseline, {} rows per transaction, {} events",
+        "bench: raw {engine} baseline, {} rows per transaction, {} events",
         grouped(BASELINE_ROWS_PER_TRANSACTION as u64),
         grouped(args.events)
     );
-    let mut db = RawPostgresBaseline::create(url).context("setting up the baseline database")?;
     let catalog = Catalog::builtin();
     let mut generator = EventGenerator::new(args.seed, args.orgs as usize);
     let progress = Progress::start("baseline".into(), args.events, "events");
@@ -826,17 +810,12 @@ fn raw_postgres_baseline(
         let n = left.min(BASELINE_ROWS_PER_TRANSACTION as u64);
         let rows = validated_events(&mut generator, n, &catalog)?;
         let started = Instant::now();
-        db.insert_transaction(&rows, Utc::now().timestamp())
-            .context("inserting into the baseline database")?;
+        insert(&rows, Utc::now().timestamp()).context("inserting into the baseline database")?;
         inserting += started.elapsed();
         progress.done.fetch_add(n, Ordering::Relaxed);
         left -= n;
     }
     drop(progress);
-    let sizes = FileSizes {
-        database: db.size_bytes().context("reading the baseline's size")?,
-        wal: 0,
-    };
     let seconds = inserting.as_secs_f64();
     let result = BaselineResult {
         events: args.events,
@@ -848,7 +827,7 @@ fn raw_postgres_baseline(
         "bench:   {} events/s",
         grouped(result.events_per_second as u64)
     );
-    Ok((result, sizes))
+    Ok(result)
 }
 
 /// `n` generated events, parsed as the ingest port parses them (outside any timing).
