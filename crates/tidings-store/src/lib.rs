@@ -56,6 +56,31 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+impl<T> Page<T> {
+    pub fn empty() -> Self {
+        Self {
+            items: Vec::new(),
+            has_more: false,
+        }
+    }
+}
+
+/// The organization a list within `tenant` covers, when it asks for `asked`: the key's own
+/// organization for an organization key, whatever was asked for a platform key (`None`: no
+/// organization). `Err(())` when an organization key asks for another organization: the
+/// list is empty, as if that organization had nothing (never an error that would tell the
+/// caller it exists). Every list of both stores scopes itself here.
+pub(crate) fn list_scope<'a>(
+    tenant: &'a Tenant,
+    asked: Option<&'a OrgId>,
+) -> Result<Option<&'a OrgId>, ()> {
+    match (tenant, asked) {
+        (Tenant::Org(mine), Some(asked)) if mine != asked => Err(()),
+        (Tenant::Org(mine), _) => Ok(Some(mine)),
+        (Tenant::Platform, asked) => Ok(asked),
+    }
+}
+
 /// Everything Tidings keeps. Implementations: [`SqliteStore`] (embedded) and [`PostgresStore`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -15,7 +15,7 @@ use crate::audit_types::AuditFilter;
 use crate::error::{Context, StoreError};
 use crate::rows::{timestamp, two_digit_year};
 use crate::stored::{self, AUDIT_COLUMNS};
-use crate::{Page, PageRequest};
+use crate::{Page, PageRequest, list_scope};
 
 /// Where a chain starts: the checkpoint left by retention, or zeros.
 pub(crate) fn chain_start(c: &mut impl GenericClient, chain: &str) -> Result<[u8; 32], StoreError> {
@@ -206,17 +206,11 @@ pub(crate) fn list(
     filter: &AuditFilter,
     page: PageRequest,
 ) -> Result<Page<AuditRecord>, StoreError> {
-    let chain = match (tenant, &filter.organization_id) {
-        (Tenant::Org(mine), Some(asked)) if mine != asked => {
-            return Ok(Page {
-                items: Vec::new(),
-                has_more: false,
-            });
-        }
-        (Tenant::Org(mine), _) => mine.as_str().to_string(),
-        (Tenant::Platform, Some(asked)) => asked.as_str().to_string(),
-        (Tenant::Platform, None) => PLATFORM_CHAIN.to_string(),
+    let Ok(org) = list_scope(tenant, filter.organization_id.as_ref()) else {
+        return Ok(Page::empty());
     };
+    // A platform key without an organization reads the platform chain.
+    let chain = org.map_or(PLATFORM_CHAIN, |o| o.as_str()).to_string();
     let mut query = ListQuery::default();
     query.eq("chain", chain);
     for (column, value) in [

@@ -21,7 +21,7 @@ use crate::error::{Context, StoreError};
 use crate::rows::{into_page, two_digit_year};
 use crate::stored;
 pub(crate) use crate::stored::EVENT_COLUMNS;
-use crate::{Page, PageRequest};
+use crate::{Page, PageRequest, list_scope};
 
 /// Maps a row selected with [`EVENT_COLUMNS`].
 pub(crate) fn event_from_row(row: &Row) -> Result<Event, StoreError> {
@@ -34,15 +34,10 @@ pub(crate) fn list_events(
     filter: &EventFilter,
     page: PageRequest,
 ) -> Result<Page<Event>, StoreError> {
-    let empty = || Page {
-        items: Vec::new(),
-        has_more: false,
+    let Ok(org) = list_scope(tenant, filter.organization_id.as_ref()) else {
+        return Ok(Page::empty());
     };
-    let org = match (tenant, &filter.organization_id) {
-        (Tenant::Org(mine), Some(asked)) if mine != asked => return Ok(empty()),
-        (Tenant::Org(mine), _) => Some(mine.as_str()),
-        (Tenant::Platform, asked) => asked.as_ref().map(|o| o.as_str()),
-    };
+    let org = org.map(|o| o.as_str());
     if org.is_none() && filter.workspace_id.is_none() {
         // Platform-wide scans are not an API feature; the query layer requires one of them.
         return Err(StoreError::Corrupt(
@@ -76,7 +71,7 @@ pub(crate) fn list_events(
             Some(lo) => {
                 query.cond("seq >= ?", lo);
             }
-            None => return Ok(empty()),
+            None => return Ok(Page::empty()),
         }
     }
     if let Some(hi) = to

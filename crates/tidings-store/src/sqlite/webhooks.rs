@@ -18,7 +18,7 @@ use crate::error::{Context, StoreError};
 use crate::rows::{corrupt, join_patterns, webhook_id};
 use crate::stored;
 pub(crate) use crate::stored::WEBHOOK_COLUMNS;
-use crate::{Page, PageRequest};
+use crate::{Page, PageRequest, list_scope};
 
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Webhook, StoreError>> {
     Ok(stored::webhook(row))
@@ -117,19 +117,12 @@ pub(crate) fn list(
     organization_id: Option<&OrgId>,
     page: PageRequest,
 ) -> Result<Page<Webhook>, StoreError> {
-    let org = match (tenant, organization_id) {
-        (Tenant::Org(mine), Some(asked)) if mine != asked => {
-            return Ok(Page {
-                items: Vec::new(),
-                has_more: false,
-            });
-        }
-        (Tenant::Org(mine), _) => Some(mine.as_str().to_string()),
-        (Tenant::Platform, asked) => asked.map(|o| o.as_str().to_string()),
+    let Ok(org) = list_scope(tenant, organization_id) else {
+        return Ok(Page::empty());
     };
     let mut query = ListQuery::default();
     if let Some(org) = org {
-        query.eq("org", org);
+        query.eq("org", org.as_str().to_string());
     }
     query.page(conn, WEBHOOK_COLUMNS, "webhooks", page, webhook_from_row)
 }
