@@ -33,8 +33,8 @@ pub enum StoreError {
     )]
     SchemaTooNew { found: i64, known: i64 },
     /// The request would touch more rows than allowed at once.
-    #[error("the request covers {found} items; at most {limit} are allowed at once")]
-    TooMany { found: usize, limit: usize },
+    #[error("the request covers more than {limit} items, the most allowed at once")]
+    TooMany { limit: usize },
     /// A write failed for a whole group commit; the message names the cause.
     #[error("the write could not be committed: {0}")]
     Write(String),

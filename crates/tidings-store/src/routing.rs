@@ -98,3 +98,38 @@ pub(crate) fn wanted<'e>(
     }
     pairs
 }
+
+/// Events read per page while selecting a replay.
+pub(crate) const REPLAY_PAGE: i64 = 5_000;
+
+/// The events `webhook` wants among those `page` returns, oldest first, reading page after
+/// page (`page(after)`: up to [`REPLAY_PAGE`] events numbered above `after`) and stopping as
+/// soon as more than `limit` are wanted: a refused replay reads `limit` wanted events and a
+/// page at most, never the whole range.
+pub(crate) fn replay_selection(
+    webhook: &tidings_domain::webhook::Webhook,
+    limit: usize,
+    mut page: impl FnMut(i64) -> Result<Vec<RoutedEvent>, StoreError>,
+) -> Result<Vec<RoutedEvent>, StoreError> {
+    let id = webhook.id.to_string();
+    let org = webhook.organization_id.as_str();
+    let workspace = webhook.workspace_id.as_ref().map(|w| w.as_str());
+    let mut wanted = Vec::new();
+    let mut after = i64::MIN;
+    loop {
+        let events = page(after)?;
+        let full = events.len() as i64 >= REPLAY_PAGE;
+        after = events.last().map_or(after, |e| e.seq);
+        wanted.extend(
+            events
+                .into_iter()
+                .filter(|e| webhook_wants(&id, org, workspace, &webhook.event_types, &e.routing())),
+        );
+        if wanted.len() > limit {
+            return Err(StoreError::TooMany { limit });
+        }
+        if !full {
+            return Ok(wanted);
+        }
+    }
+}

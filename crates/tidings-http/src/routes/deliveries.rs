@@ -154,11 +154,11 @@ pub async fn replay(
     {
         Ok(Some(n)) => n,
         Ok(None) => return Err(webhook_not_found(webhook)),
-        Err(StoreError::TooMany { found, limit }) => {
+        Err(StoreError::TooMany { limit }) => {
             return Err(ApiError::bad_request(
                 "replay_too_large",
                 format!(
-                    "the range holds {found} matching events; replay at most {limit} at once by narrowing from/to"
+                    "the range holds more than {limit} matching events; replay at most {limit} at once by narrowing from/to"
                 ),
             ));
         }

@@ -22,7 +22,7 @@ use postgres::{Client, GenericClient, Row, Transaction};
 use serde_json::Value;
 use tidings_domain::ids::{DeliveryId, WebhookId};
 use tidings_domain::webhook::SigningSecret;
-use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, webhook_wants};
+use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery};
 use tidings_domain::{Event, EventId, Tenant, TimeRange};
 
 use serde_json::json;
@@ -37,7 +37,9 @@ use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
 };
 use crate::error::{Context, StoreError};
-use crate::routing::{ActiveWebhook, ROUTING_COLUMNS, RoutedEvent, wanted};
+use crate::routing::{
+    ActiveWebhook, REPLAY_PAGE, ROUTING_COLUMNS, RoutedEvent, replay_selection, wanted,
+};
 use crate::rows::{corrupt, from_millis, millis, timestamp, two_digit_year, webhook_id};
 use crate::{Page, PageRequest};
 
@@ -730,37 +732,30 @@ pub(crate) fn replay(
     };
     let (from, to) = range.as_unix_seconds();
     let org = hook.organization_id.as_str().to_string();
-    let rows: Vec<RoutedEvent> = tx
-        .query(
-            &format!(
-                "SELECT {ROUTING_COLUMNS} FROM events
-                 WHERE org = $1 AND created_at >= $2 AND created_at < $3 ORDER BY seq"
-            ),
-            &[&org, &from.unwrap_or(i64::MIN), &to.unwrap_or(i64::MAX)],
-        )
-        .context("reading events to replay")?
-        .iter()
-        .map(routed_event)
-        .collect();
-    let id = hook.id.to_string();
-    let wanted: Vec<&RoutedEvent> = rows
-        .iter()
-        .filter(|e| {
-            webhook_wants(
-                &id,
-                &org,
-                hook.workspace_id.as_ref().map(|w| w.as_str()),
-                &hook.event_types,
-                &e.routing(),
+    let read = tx
+        .prepare(&format!(
+            "SELECT {ROUTING_COLUMNS} FROM events
+             WHERE org = $1 AND seq > $2 AND created_at >= $3 AND created_at < $4
+             ORDER BY seq LIMIT $5"
+        ))
+        .context("preparing the replay read")?;
+    let wanted = replay_selection(&hook, limit, |after| {
+        Ok(tx
+            .query(
+                &read,
+                &[
+                    &org,
+                    &after,
+                    &from.unwrap_or(i64::MIN),
+                    &to.unwrap_or(i64::MAX),
+                    &REPLAY_PAGE,
+                ],
             )
-        })
-        .collect();
-    if wanted.len() > limit {
-        return Err(StoreError::TooMany {
-            found: wanted.len(),
-            limit,
-        });
-    }
+            .context("reading events to replay")?
+            .iter()
+            .map(routed_event)
+            .collect())
+    })?;
     let now = ctx.now;
     let replayed = wanted
         .iter()

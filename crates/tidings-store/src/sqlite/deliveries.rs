@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tidings_domain::ids::{DeliveryId, WebhookId};
-use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery, webhook_wants};
+use tidings_domain::webhook::{Attempt, AttemptTrigger, Delivery};
 use tidings_domain::{EventId, Tenant, TimeRange};
 
 use tidings_domain::audit::AuditContext;
@@ -25,7 +25,9 @@ use crate::delivery_types::{
     AttemptReport, ClaimRequest, ClaimedDelivery, DeliveryFilter, FanoutReport,
 };
 use crate::error::{Context, StoreError};
-use crate::routing::{ActiveWebhook, ROUTING_COLUMNS, RoutedEvent, wanted};
+use crate::routing::{
+    ActiveWebhook, REPLAY_PAGE, ROUTING_COLUMNS, RoutedEvent, replay_selection, wanted,
+};
 use crate::rows::{corrupt, from_millis, millis, timestamp, two_digit_year, webhook_id};
 use crate::{Page, PageRequest};
 
@@ -611,38 +613,28 @@ pub(crate) fn replay(
     };
     let (from, to) = range.as_unix_seconds();
     let org = hook.organization_id.as_str().to_string();
-    let rows: Vec<RoutedEvent> = conn
+    let mut read = conn
         .prepare_cached(&format!(
             "SELECT {ROUTING_COLUMNS} FROM events INDEXED BY events_org
-             WHERE org = ?1 AND created_at >= ?2 AND created_at < ?3 ORDER BY seq"
+             WHERE org = ?1 AND seq > ?2 AND created_at >= ?3 AND created_at < ?4
+             ORDER BY seq LIMIT ?5"
         ))
-        .context("preparing the replay read")?
-        .query_map(
-            params![org, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)],
+        .context("preparing the replay read")?;
+    let wanted = replay_selection(&hook, limit, |after| {
+        read.query_map(
+            params![
+                org,
+                after,
+                from.unwrap_or(i64::MIN),
+                to.unwrap_or(i64::MAX),
+                REPLAY_PAGE
+            ],
             routed_event,
         )
         .context("reading events to replay")?
         .collect::<Result<_, _>>()
-        .context("reading an event to replay")?;
-    let id = hook.id.to_string();
-    let wanted: Vec<&RoutedEvent> = rows
-        .iter()
-        .filter(|e| {
-            webhook_wants(
-                &id,
-                &org,
-                hook.workspace_id.as_ref().map(|w| w.as_str()),
-                &hook.event_types,
-                &e.routing(),
-            )
-        })
-        .collect();
-    if wanted.len() > limit {
-        return Err(StoreError::TooMany {
-            found: wanted.len(),
-            limit,
-        });
-    }
+        .context("reading an event to replay")
+    })?;
     let now = ctx.now;
     for event in &wanted {
         insert_delivery(

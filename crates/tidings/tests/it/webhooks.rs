@@ -843,3 +843,69 @@ async fn redirects_are_not_followed_and_only_4_kib_of_a_response_is_kept() {
     let kept = log[0]["attempts"][0]["response_body"].as_str().unwrap();
     assert_eq!(kept.len(), 4 * 1024);
 }
+
+/// A replay takes at most 10,000 matching events at once (DESIGN.md): one more is refused
+/// with nothing scheduled, and events the webhook does not want do not count.
+#[tokio::test]
+async fn replay_is_capped_at_ten_thousand_matching_events() {
+    let app = TestApp::spawn_for_webhooks("50ms").await;
+    let receiver = Receiver::start().await;
+    let key = writer_key(&app, ORG).await;
+    // Unwanted events first, so the matching ones are past the first pages the store reads.
+    for (kind, batches) in [("user.invited", 6), ("task.created", 10)] {
+        for _ in 0..batches {
+            let batch: Vec<_> = (0..1_000)
+                .map(|_| event(ORG, json!({"type": kind})))
+                .collect();
+            app.ingest(&batch).await;
+        }
+    }
+    let one_more = app
+        .ingest(&[event(ORG, json!({"type": "task.assigned"}))])
+        .await;
+    assert!(one_more[0]["id"].is_string());
+    // Created after the events, the webhooks were sent none of them.
+    let (all_tasks, _) = create_webhook(&app, &key, &receiver.url, json!(["task.*"])).await;
+    let (created_only, _) =
+        create_webhook(&app, &key, &receiver.url, json!(["task.created"])).await;
+    let replay = |id: String| {
+        let (app, key) = (&app, &key);
+        async move {
+            app.send(
+                Method::POST,
+                key,
+                &format!("/v1/webhooks/{id}/replay"),
+                Some(json!({"from": "2020-01-01"})),
+            )
+            .await
+        }
+    };
+
+    // task.* matches 10,001 events: refused, and nothing is scheduled.
+    let id = all_tasks["id"].as_str().unwrap().to_string();
+    let (status, body) = replay(id.clone()).await;
+    let error = assert_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+    );
+    assert_eq!(error["code"], "replay_too_large");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 10000"),
+        "{error}"
+    );
+    let (_, log) = app
+        .get(&key, &format!("/v1/webhooks/{id}/deliveries"))
+        .await;
+    assert_eq!(log["data"], json!([]));
+
+    // task.created matches exactly 10,000: accepted.
+    let id = created_only["id"].as_str().unwrap().to_string();
+    let (status, body) = replay(id).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["replayed"], 10_000);
+}
