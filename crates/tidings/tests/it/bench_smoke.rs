@@ -1,16 +1,16 @@
-//! `tidings bench` with tiny sizes, so the harness cannot rot. Speed is not asserted: only
-//! that every scenario and query shape ran and produced figures, and that every webhook
-//! delivery arrived exactly once.
+//! `tidings bench` with tiny sizes, so the harness cannot rot: on the embedded store, and on
+//! the PostgreSQL pass with `--database-url` (scratch databases on the test cluster). Speed is
+//! not asserted: only that every scenario and query shape ran and produced figures, and that
+//! every webhook delivery arrived exactly once.
 
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{Backend, skip_unless};
+use crate::harness::{Backend, admin_url, backend, skip_unless};
 
-/// `tidings bench` measures temporary embedded stores whatever the suite's backend: a second
-/// run on the PostgreSQL pass would repeat the first.
-const BENCH_IS_EMBEDDED: &str = "`tidings bench` only measures the embedded store";
+/// `--delivery-only` is the same code on either store; once is enough.
+const ONCE: &str = "the delivery-only run is checked on the embedded pass";
 
 /// Delivery scenarios small enough for a debug build: 200 events to one endpoint, 100 at
 /// 200 events/s, and 20 events to each of 4 endpoints (then 3 healthy and 1 dead that
@@ -78,10 +78,13 @@ fn check_delivery(report: &Value) {
 
 #[test]
 fn bench_runs_every_scenario_and_reports_json() {
-    if skip_unless(Backend::Embedded, BENCH_IS_EMBEDDED) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
+    let on_postgres = backend() == Backend::Postgres;
+    let store: Vec<String> = if on_postgres {
+        vec!["--database-url".into(), admin_url()]
+    } else {
+        Vec::new()
+    };
     let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
         .args([
             "bench",
@@ -97,6 +100,7 @@ fn bench_runs_every_scenario_and_reports_json() {
             "2",
         ])
         .args(TINY_DELIVERY)
+        .args(&store)
         .arg("--json")
         .arg("--dir")
         .arg(dir.path())
@@ -168,13 +172,28 @@ fn bench_runs_every_scenario_and_reports_json() {
         assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
     }
     check_delivery(&report);
-    // The temporary stores are removed.
+    assert_eq!(
+        report["settings"]["store"],
+        if on_postgres { "postgres" } else { "sqlite" }
+    );
+    // The temporary stores are removed: the directories, and the scratch databases.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    if on_postgres {
+        let left = crate::harness::with_postgres(&admin_url(), |c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 'tidings_bench_%'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+        });
+        assert_eq!(left, 0, "scratch databases left behind");
+    }
 }
 
 #[test]
 fn bench_delivery_only_skips_the_store_scenarios() {
-    if skip_unless(Backend::Embedded, BENCH_IS_EMBEDDED) {
+    if skip_unless(Backend::Embedded, ONCE) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

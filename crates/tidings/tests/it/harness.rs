@@ -48,7 +48,7 @@ pub fn skip_unless(wanted: Backend, why: &str) -> bool {
 }
 
 /// The admin URL of the test cluster; panics with directions when it is missing.
-fn admin_url() -> String {
+pub fn admin_url() -> String {
     match std::env::var("TIDINGS_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => url,
         _ => panic!(
