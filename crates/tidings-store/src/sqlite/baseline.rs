@@ -5,13 +5,15 @@
 //! the same migrations and opened with the same pragmas (WAL, `synchronous=FULL`), and rows
 //! land in the same `events` table with all its indexes. What it leaves out is everything
 //! the store adds on top: HTTP, validation, the writer thread, idempotency and workspace
-//! lookups, savepoints. Not for production use.
+//! lookups, savepoints. Rows carry the same index keys as the store's (computing them is
+//! part of writing a row of this schema). Not for production use.
 
 use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use tidings_domain::NewEvent;
 
+use super::index_keys::EventKeys;
 use super::{open_connection, schema};
 use crate::error::{Context, StoreError};
 
@@ -51,11 +53,14 @@ impl RawSqliteBaseline {
                 .prepare_cached(
                     "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id,
                                          subject_type, subject_id, payload, created_at,
-                                         idempotency_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                         idempotency_key, org_key, type_key, subject_key,
+                                         actor_key, workspace_key, idempotency_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                             ?15, ?16, ?17)",
                 )
                 .context("preparing the baseline insert")?;
             for (i, e) in events.iter().enumerate() {
+                let keys = EventKeys::of(e);
                 insert
                     .execute(params![
                         (self.last_seq + 1 + i as u64) as i64,
@@ -69,6 +74,12 @@ impl RawSqliteBaseline {
                         e.payload.get(),
                         created_at,
                         e.idempotency_key,
+                        keys.org,
+                        keys.event_type,
+                        keys.subject,
+                        keys.actor,
+                        keys.workspace,
+                        keys.idempotency,
                     ])
                     .context("inserting a baseline row")?;
             }

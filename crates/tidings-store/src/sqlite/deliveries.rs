@@ -17,6 +17,7 @@ use tidings_domain::{EventId, Tenant, TimeRange};
 use tidings_domain::audit::AuditContext;
 
 use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
+use super::index_keys::index_key;
 use super::list_query::ListQuery;
 use super::webhooks::{find, live_secrets};
 use super::writer::WriterCtx;
@@ -613,10 +614,12 @@ pub(crate) fn replay(
     };
     let (from, to) = range.as_unix_seconds();
     let org = hook.organization_id.as_str().to_string();
+    let org_key = index_key(&[&org]);
     let mut read = conn
         .prepare_cached(&format!(
-            "SELECT {ROUTING_COLUMNS} FROM events INDEXED BY events_org
-             WHERE org = ?1 AND seq > ?2 AND created_at >= ?3 AND created_at < ?4
+            "SELECT {ROUTING_COLUMNS} FROM events INDEXED BY events_by_org
+             WHERE org_key = ?6 AND org = ?1 AND seq > ?2 AND created_at >= ?3
+               AND created_at < ?4
              ORDER BY seq LIMIT ?5"
         ))
         .context("preparing the replay read")?;
@@ -627,7 +630,8 @@ pub(crate) fn replay(
                 after,
                 from.unwrap_or(i64::MIN),
                 to.unwrap_or(i64::MAX),
-                REPLAY_PAGE
+                REPLAY_PAGE,
+                org_key
             ],
             routed_event,
         )

@@ -14,6 +14,7 @@ use tidings_domain::{
 
 use tidings_domain::audit::AuditContext;
 
+use super::index_keys::{EventKeys, index_key};
 use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::audit_entries::batch_audit_entries;
@@ -42,6 +43,29 @@ fn first_seq_at_or_after(conn: &Connection, secs: i64) -> Result<Option<u64>, St
     .map(|v| v.map(|s| s as u64))
 }
 
+/// Which index a list query walks.
+enum Walk<'a> {
+    /// One index, at the entries with this key.
+    Index {
+        index: &'static str,
+        column: &'static str,
+        key: i64,
+    },
+    /// `events_by_type`, once per type of the organization.
+    Types { org: &'a str, types: Vec<&'a str> },
+}
+
+/// The filter's types, if they are all exact (the API resolves patterns before the store).
+fn exact_types(patterns: &[TypePattern]) -> Option<Vec<&str>> {
+    patterns
+        .iter()
+        .map(|p| match p {
+            TypePattern::Exact(t) => Some(t.as_str()),
+            TypePattern::All | TypePattern::Prefix(_) => None,
+        })
+        .collect()
+}
+
 pub(crate) fn list_events(
     conn: &Connection,
     tenant: &Tenant,
@@ -52,12 +76,6 @@ pub(crate) fn list_events(
         return Ok(Page::empty());
     };
     let org = org.map(|o| o.as_str());
-    if org.is_none() && filter.workspace_id.is_none() {
-        // Platform-wide scans are not an API feature; the query layer requires one of them.
-        return Err(StoreError::Corrupt(
-            "an event query needs an organization or a workspace".into(),
-        ));
-    }
 
     // [lo, hi) in seq space.
     let (from, to) = filter.range.as_unix_seconds();
@@ -81,6 +99,8 @@ pub(crate) fn list_events(
         return Ok(Page::empty());
     }
 
+    // Text comparisons decide what matches; the hashed key of the one index the query
+    // walks (see index_keys.rs) only says where to look.
     let mut query = ListQuery::default();
     if let Some(org) = org {
         query.eq("org", org.to_string());
@@ -104,64 +124,100 @@ pub(crate) fn list_events(
         query.cond("seq < ?", Value::Integer(hi as i64));
     }
 
-    let index = if org.is_some() && filter.subject_id.is_some() {
-        "events_org_subject"
-    } else if org.is_some() && filter.actor_id.is_some() {
-        "events_org_actor"
-    } else if org.is_some() && filter.workspace_id.is_none() && !filter.types.is_empty() {
-        "events_org_type"
-    } else if filter.workspace_id.is_some() {
-        "events_workspace"
-    } else {
-        "events_org"
+    let within_org = match (&filter.subject_id, &filter.actor_id) {
+        (Some(subject), _) => Some(("events_by_subject", "subject_key", subject.as_str())),
+        (None, Some(actor)) => Some(("events_by_actor", "actor_key", actor.as_str())),
+        (None, None) => None,
+    };
+    let walk = match (org, within_org) {
+        (Some(org), Some((index, column, value))) => Walk::Index {
+            index,
+            column,
+            key: index_key(&[org, value]),
+        },
+        (Some(org), None) if filter.workspace_id.is_none() && !filter.types.is_empty() => {
+            match exact_types(&filter.types) {
+                Some(types) => Walk::Types { org, types },
+                None => Walk::Index {
+                    index: "events_by_org",
+                    column: "org_key",
+                    key: index_key(&[org]),
+                },
+            }
+        }
+        _ => match (&filter.workspace_id, org) {
+            (Some(ws), _) => Walk::Index {
+                index: "events_by_workspace",
+                column: "workspace_key",
+                key: index_key(&[ws.as_str()]),
+            },
+            (None, Some(org)) => Walk::Index {
+                index: "events_by_org",
+                column: "org_key",
+                key: index_key(&[org]),
+            },
+            // Platform-wide scans are not an API feature; the query layer requires one of them.
+            (None, None) => {
+                return Err(StoreError::Corrupt(
+                    "an event query needs an organization or a workspace".into(),
+                ));
+            }
+        },
     };
     let dir = match page.order {
         Order::Desc => "DESC",
         Order::Asc => "ASC",
     };
     let fetch = page.limit as i64 + 1;
-    let type_conds: Vec<String> = filter
-        .types
-        .iter()
-        .filter_map(|p| match p {
-            TypePattern::All => None,
-            TypePattern::Exact(t) => Some(format!(
-                "type = {}",
-                query.bind(Value::Text(t.as_str().into()))
-            )),
-            // `domain.` .. `domain/`: '/' is the byte after '.'.
-            TypePattern::Prefix(prefix) => Some(format!(
-                "(type >= {} AND type < {})",
-                query.bind(Value::Text(prefix.clone())),
-                query.bind(Value::Text(format!("{}/", &prefix[..prefix.len() - 1])))
-            )),
-        })
-        .collect();
-    let base = query.conditions();
-    let sql = if index == "events_org_type" && type_conds.len() > 1 {
-        // One in-order range scan per type, merged.
-        let branches: Vec<String> = type_conds
-            .iter()
-            .map(|tc| {
-                format!(
-                    "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index}
-                     WHERE {base} AND {tc} ORDER BY seq {dir} LIMIT {fetch})"
-                )
-            })
-            .collect();
-        format!(
-            "{} ORDER BY seq {dir} LIMIT {fetch}",
-            branches.join(" UNION ALL ")
-        )
-    } else {
-        let mut all = base;
-        if !type_conds.is_empty() {
-            all = format!("{all} AND ({})", type_conds.join(" OR "));
+
+    let sql = match walk {
+        // One in-order range of events_by_type per type, merged by UNION ALL.
+        Walk::Types { org, types } => {
+            let base = query.conditions();
+            let branches: Vec<String> = types
+                .iter()
+                .map(|t| {
+                    let key = query.bind(Value::Integer(index_key(&[org, t])));
+                    let text = query.bind(Value::Text((*t).to_string()));
+                    format!(
+                        "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_by_type
+                         WHERE type_key = {key} AND type = {text} AND {base}
+                         ORDER BY seq {dir} LIMIT {fetch})"
+                    )
+                })
+                .collect();
+            format!(
+                "{} ORDER BY seq {dir} LIMIT {fetch}",
+                branches.join(" UNION ALL ")
+            )
         }
-        format!(
-            "SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index}
-             WHERE {all} ORDER BY seq {dir} LIMIT {fetch}"
-        )
+        Walk::Index { index, column, key } => {
+            query.eq(column, key);
+            let type_conds: Vec<String> = filter
+                .types
+                .iter()
+                .map(|p| match p {
+                    TypePattern::All => "1".to_string(),
+                    TypePattern::Exact(t) => {
+                        format!("type = {}", query.bind(Value::Text(t.as_str().into())))
+                    }
+                    // `domain.` .. `domain/`: '/' is the byte after '.'.
+                    TypePattern::Prefix(prefix) => format!(
+                        "(type >= {} AND type < {})",
+                        query.bind(Value::Text(prefix.clone())),
+                        query.bind(Value::Text(format!("{}/", &prefix[..prefix.len() - 1])))
+                    ),
+                })
+                .collect();
+            if !type_conds.is_empty() {
+                query.raw(format!("({})", type_conds.join(" OR ")));
+            }
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index}
+                 WHERE {} ORDER BY seq {dir} LIMIT {fetch}",
+                query.conditions()
+            )
+        }
     };
 
     let mut stmt = conn
@@ -210,9 +266,11 @@ pub(crate) fn insert_events(
 ) -> Result<Vec<Event>, StoreError> {
     let mut find_key = conn
         .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE org = ?1 AND idempotency_key = ?2"
+            "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_by_idempotency
+             WHERE idempotency_hash = ?1 AND org = ?2 AND idempotency_key = ?3"
         ))
         .context("preparing the idempotency lookup")?;
+
     let mut find_ws = conn
         .prepare_cached("SELECT org FROM workspaces WHERE workspace = ?1")
         .context("preparing the workspace lookup")?;
@@ -222,9 +280,10 @@ pub(crate) fn insert_events(
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
-                                 subject_id, payload, created_at, idempotency_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (org, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                                 subject_id, payload, created_at, idempotency_key,
+                                 org_key, type_key, subject_key, actor_key, workspace_key,
+                                 idempotency_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )
         .context("preparing the event insert")?;
 
@@ -271,8 +330,21 @@ pub(crate) fn insert_events(
 
     for e in events {
         let org = e.organization_id.as_str();
+        let keys = EventKeys::of(e);
+        if let Some(hash) = keys.idempotency {
+            // The key may have been used before in this organization, maybe earlier in
+            // this transaction: answer with the event first recorded.
+            let existing = find_key
+                .query_row(params![hash, org, e.idempotency_key], event_from_row)
+                .optional()
+                .context("looking up an idempotency key")?;
+            if let Some(existing) = existing {
+                recorded.push(existing?);
+                continue;
+            }
+        }
         let seq = ctx.next_id(conn, "EVT")?;
-        let inserted = insert
+        insert
             .execute(params![
                 seq as i64,
                 org,
@@ -285,19 +357,14 @@ pub(crate) fn insert_events(
                 e.payload.get(),
                 created_at.timestamp(),
                 e.idempotency_key,
+                keys.org,
+                keys.event_type,
+                keys.subject,
+                keys.actor,
+                keys.workspace,
+                keys.idempotency,
             ])
             .context("inserting an event")?;
-        if inserted == 0 {
-            // The idempotency key was used before in this organization (maybe earlier in
-            // this transaction): answer with the event first recorded. Trying the insert
-            // first spares new events (the common case) a lookup.
-            ctx.unmint("EVT");
-            let existing = find_key
-                .query_row(params![org, e.idempotency_key], event_from_row)
-                .context("looking up an idempotency key")??;
-            recorded.push(existing);
-            continue;
-        }
         recorded.push(Event {
             id: EventId::new(year, seq),
             event_type: e.event_type.clone(),

@@ -26,6 +26,12 @@ impl ListQuery {
         self
     }
 
+    /// Adds a condition that binds nothing of its own (placeholders made by [`Self::bind`]).
+    pub fn raw(&mut self, sql: String) -> &mut Self {
+        self.conds.push(sql);
+        self
+    }
+
     pub fn eq(&mut self, column: &str, value: impl Into<Value>) -> &mut Self {
         self.cond(&format!("{column} = ?"), value.into())
     }

@@ -9,6 +9,7 @@ mod audit;
 mod baseline;
 mod deliveries;
 mod events;
+mod index_keys;
 mod keys;
 mod list_query;
 mod retention;

@@ -129,14 +129,6 @@ impl WriterCtx<'_> {
         Ok(last + 1)
     }
 
-    /// Gives back the number `next_id` just returned for `prefix`, when nothing was stored
-    /// under it, so numbers stay dense. Only valid right after that `next_id`.
-    pub fn unmint(&mut self, prefix: &'static str) {
-        if let Some(n) = self.ids.get_mut(prefix) {
-            *n -= 1;
-        }
-    }
-
     /// `created_at` for events recorded in this group.
     pub fn event_time(&mut self, conn: &Connection) -> Result<DateTime<Utc>, StoreError> {
         if let Some(t) = self.event_time {
