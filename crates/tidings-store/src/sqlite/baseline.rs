@@ -10,9 +10,10 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior};
 use tidings_domain::NewEvent;
 
+use super::events::{INSERT_EVENT, insert_row};
 use super::index_keys::EventKeys;
 use super::{open_connection, schema};
 use crate::error::{Context, StoreError};
@@ -50,38 +51,11 @@ impl RawSqliteBaseline {
             .context("starting a baseline transaction")?;
         {
             let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id,
-                                         subject_type, subject_id, payload, created_at,
-                                         idempotency_key, org_key, type_key, subject_key,
-                                         actor_key, workspace_key, idempotency_hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                             ?15, ?16, ?17)",
-                )
+                .prepare_cached(INSERT_EVENT)
                 .context("preparing the baseline insert")?;
             for (i, e) in events.iter().enumerate() {
-                let keys = EventKeys::of(e);
-                insert
-                    .execute(params![
-                        (self.last_seq + 1 + i as u64) as i64,
-                        e.organization_id.as_str(),
-                        e.workspace_id.as_ref().map(|w| w.as_str()),
-                        e.event_type.as_str(),
-                        e.actor.actor_type.as_str(),
-                        e.actor.id.as_str(),
-                        e.subject.subject_type.as_str(),
-                        e.subject.id.as_str(),
-                        e.payload.get(),
-                        created_at,
-                        e.idempotency_key,
-                        keys.org,
-                        keys.event_type,
-                        keys.subject,
-                        keys.actor,
-                        keys.workspace,
-                        keys.idempotency,
-                    ])
-                    .context("inserting a baseline row")?;
+                let seq = self.last_seq + 1 + i as u64;
+                insert_row(&mut insert, seq, e, &EventKeys::of(e), created_at)?;
             }
         }
         tx.commit().context("committing a baseline transaction")?;

@@ -7,7 +7,7 @@
 //! with `seq`.
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, Statement, params, params_from_iter};
 use tidings_domain::{
     Event, EventFilter, EventId, FieldProblem, NewEvent, Order, Tenant, TypePattern,
 };
@@ -257,6 +257,46 @@ pub(crate) fn get_event(
     }))
 }
 
+/// Inserts one row of `events`; bound by [`insert_row`].
+pub(crate) const INSERT_EVENT: &str =
+    "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
+                         subject_id, payload, created_at, idempotency_key,
+                         org_key, type_key, subject_key, actor_key, workspace_key,
+                         idempotency_hash)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+
+/// Runs [`INSERT_EVENT`] for event number `seq`, with its index keys.
+pub(crate) fn insert_row(
+    insert: &mut Statement<'_>,
+    seq: u64,
+    e: &NewEvent,
+    keys: &EventKeys,
+    created_at: i64,
+) -> Result<(), StoreError> {
+    insert
+        .execute(params![
+            seq as i64,
+            e.organization_id.as_str(),
+            e.workspace_id.as_ref().map(|w| w.as_str()),
+            e.event_type.as_str(),
+            e.actor.actor_type.as_str(),
+            e.actor.id.as_str(),
+            e.subject.subject_type.as_str(),
+            e.subject.id.as_str(),
+            e.payload.get(),
+            created_at,
+            e.idempotency_key,
+            keys.org,
+            keys.event_type,
+            keys.subject,
+            keys.actor,
+            keys.workspace,
+            keys.idempotency,
+        ])
+        .context("inserting an event")?;
+    Ok(())
+}
+
 /// Records one ingest batch (a writer job): all of it, or — on a conflict with stored data —
 /// none of it. A repeated idempotency key yields the event first recorded.
 pub(crate) fn insert_events(
@@ -278,13 +318,7 @@ pub(crate) fn insert_events(
         .prepare_cached("INSERT INTO workspaces (workspace, org) VALUES (?1, ?2)")
         .context("preparing the workspace insert")?;
     let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
-                                 subject_id, payload, created_at, idempotency_key,
-                                 org_key, type_key, subject_key, actor_key, workspace_key,
-                                 idempotency_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        )
+        .prepare_cached(INSERT_EVENT)
         .context("preparing the event insert")?;
 
     let created_at = ctx.event_time(conn)?;
@@ -344,27 +378,7 @@ pub(crate) fn insert_events(
             }
         }
         let seq = ctx.next_id(conn, "EVT")?;
-        insert
-            .execute(params![
-                seq as i64,
-                org,
-                e.workspace_id.as_ref().map(|w| w.as_str()),
-                e.event_type.as_str(),
-                e.actor.actor_type.as_str(),
-                e.actor.id.as_str(),
-                e.subject.subject_type.as_str(),
-                e.subject.id.as_str(),
-                e.payload.get(),
-                created_at.timestamp(),
-                e.idempotency_key,
-                keys.org,
-                keys.event_type,
-                keys.subject,
-                keys.actor,
-                keys.workspace,
-                keys.idempotency,
-            ])
-            .context("inserting an event")?;
+        insert_row(&mut insert, seq, e, &keys, created_at.timestamp())?;
         recorded.push(Event {
             id: EventId::new(year, seq),
             event_type: e.event_type.clone(),
