@@ -71,7 +71,7 @@ async fn a_late_commit_is_never_skipped() {
     let n1 = first[0].id.number;
 
     // The slow writer: takes the write lock and event number n1 + 1, commits later.
-    let slow_url = url.clone();
+    let slow_url = url.to_string();
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let (commit_tx, commit_rx) = std::sync::mpsc::channel::<()>();
     let slow = std::thread::spawn(move || {
@@ -252,11 +252,12 @@ async fn fused_ingest_requests_are_checked_and_answered_one_by_one() {
     let url = common::fresh_database("tidings_order");
     let store = Arc::new(PostgresStore::connect(&url).expect("store"));
     // Hold the write lock so the requests pile up and the writer fuses them.
+    let lock_url = url.to_string();
     let hold = move || {
         let (locked_tx, locked_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
-            let mut c = Client::connect(&url, NoTls).expect("connect");
+            let mut c = Client::connect(&lock_url, NoTls).expect("connect");
             let mut tx = c.transaction().expect("begin");
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
                 .expect("lock");
