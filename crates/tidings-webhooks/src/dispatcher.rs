@@ -1,5 +1,5 @@
-//! The dispatcher: one loop per process that fans new events out into deliveries and
-//! works through due deliveries under leases.
+//! The dispatcher: per process, one loop that fans new events out into deliveries and one
+//! that works through due deliveries under leases.
 //!
 //! Concurrency is bounded per endpoint (default 16 requests in flight) and overall (default
 //! 512): a
@@ -91,15 +91,39 @@ impl Dispatcher {
     }
 
     /// Runs until `stop` turns true. In-flight attempts finish on their own tasks.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let in_flight: Arc<Mutex<InFlight>> = Arc::default();
+    ///
+    /// Two loops: fan-out (new events into deliveries, a write) and claims (due deliveries
+    /// into attempts). They run side by side so that claiming never waits for a fan-out
+    /// pass to get through the writer queue: when claims waited, one endpoint's rate was
+    /// bounded by the writer's commit cycle. Wake-ups from outside (events ingested,
+    /// retries, webhook changes) reach the fan-out loop, which wakes the claim loop after
+    /// each pass; a finished attempt wakes the claim loop directly.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
         tracing::info!(owner = %self.owner, "webhook dispatcher started");
-        loop {
-            if *stop.borrow() {
-                break;
-            }
+        let claims_wake = Arc::new(Notify::new());
+        tokio::join!(
+            self.fan_out_loop(stop.clone(), Arc::clone(&claims_wake)),
+            self.claim_loop(stop, claims_wake),
+        );
+        tracing::info!("webhook dispatcher stopped");
+    }
+
+    async fn fan_out_loop(&self, mut stop: watch::Receiver<bool>, claims_wake: Arc<Notify>) {
+        while !*stop.borrow() {
             self.fan_out_all().await;
-            let claimed = self.claim_and_start(&in_flight).await;
+            claims_wake.notify_one();
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn claim_loop(&self, mut stop: watch::Receiver<bool>, wake: Arc<Notify>) {
+        let in_flight: Arc<Mutex<InFlight>> = Arc::default();
+        while !*stop.borrow() {
+            let claimed = self.claim_and_start(&in_flight, &wake).await;
             if claimed == Claimed::Full {
                 // More may be due right now; go round again without sleeping.
                 tokio::task::yield_now().await;
@@ -112,12 +136,11 @@ impl Dispatcher {
                 _ => self.until_next_due().await,
             };
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = stop.changed() => {}
             }
         }
-        tracing::info!("webhook dispatcher stopped");
     }
 
     async fn fan_out_all(&self) {
@@ -135,7 +158,11 @@ impl Dispatcher {
     }
 
     /// Claims what fits and starts an attempt task for each.
-    async fn claim_and_start(&self, in_flight: &Arc<Mutex<InFlight>>) -> Claimed {
+    async fn claim_and_start(
+        &self,
+        in_flight: &Arc<Mutex<InFlight>>,
+        wake: &Arc<Notify>,
+    ) -> Claimed {
         let (free, busy) = {
             let Ok(state) = in_flight.lock() else {
                 return Claimed::None;
@@ -179,7 +206,7 @@ impl Dispatcher {
                 Arc::clone(&self.clock),
             );
             let (schedule, owner) = (self.config.schedule.clone(), self.owner.clone());
-            let (in_flight, wake) = (Arc::clone(in_flight), Arc::clone(&self.wake));
+            let (in_flight, wake) = (Arc::clone(in_flight), Arc::clone(wake));
             tokio::spawn(async move {
                 let id = delivery.id;
                 let sent = send_attempt(&client, clock.as_ref(), &delivery).await;
