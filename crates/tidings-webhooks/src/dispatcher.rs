@@ -2,9 +2,9 @@
 //! that works through due deliveries under leases.
 //!
 //! Concurrency is bounded per endpoint (default 16 requests in flight) and overall (default
-//! 512): a
-//! slow or dead endpoint uses at most its own slots, and claims skip endpoints whose slots
-//! are full, so healthy endpoints keep being served at full speed. Leases make a delivery
+//! 512 attempts, each counted until its outcome is recorded): a slow or dead endpoint uses
+//! at most its own slots, and claims skip endpoints whose slots are full, so healthy
+//! endpoints keep being served at full speed. Leases make a delivery
 //! one worker's at a time; a worker that dies leaves leases that run out, and the work
 //! comes back.
 
@@ -25,7 +25,7 @@ pub struct DispatcherConfig {
     pub schedule: RetrySchedule,
     /// Attempts in flight per endpoint.
     pub per_endpoint: usize,
-    /// Attempts in flight in this process.
+    /// Attempts in flight in this process, counted until their outcome is recorded.
     pub max_in_flight: usize,
     /// How long a claimed delivery stays this worker's (longer than an attempt can take).
     pub lease: Duration,
@@ -58,7 +58,9 @@ enum Claimed {
 /// In-flight attempts per webhook, shared with the attempt tasks.
 #[derive(Default)]
 struct InFlight {
+    /// Requests waiting for each endpoint's answer.
     per_webhook: HashMap<WebhookId, usize>,
+    /// Attempts started and not yet recorded, all endpoints.
     total: usize,
 }
 
@@ -212,17 +214,16 @@ impl Dispatcher {
                 let sent = send_attempt(&client, clock.as_ref(), &delivery).await;
                 // The endpoint has answered: its slot is free for the next request. The
                 // lease keeps this delivery ours until the attempt is recorded.
-                if let Ok(mut state) = in_flight.lock() {
-                    state.total = state.total.saturating_sub(1);
-                    if let Some(n) = state.per_webhook.get_mut(&webhook) {
-                        *n -= 1;
-                        if *n == 0 {
-                            state.per_webhook.remove(&webhook);
-                        }
+                if let Ok(mut state) = in_flight.lock()
+                    && let Some(n) = state.per_webhook.get_mut(&webhook)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        state.per_webhook.remove(&webhook);
                     }
                 }
                 wake.notify_one();
-                if let Err(e) = record_attempt(
+                let recorded = record_attempt(
                     store.as_ref(),
                     clock.as_ref(),
                     &schedule,
@@ -230,8 +231,15 @@ impl Dispatcher {
                     delivery,
                     sent,
                 )
-                .await
-                {
+                .await;
+                // The process-wide count covers attempts until they are recorded: when the
+                // writer falls behind, claims slow down instead of queueing reports without
+                // bound (and outliving their leases).
+                if let Ok(mut state) = in_flight.lock() {
+                    state.total = state.total.saturating_sub(1);
+                }
+                wake.notify_one();
+                if let Err(e) = recorded {
                     // The lease runs out and the delivery is attempted again.
                     tracing::error!(delivery = %id, error = %e, "recording an attempt failed");
                 }
