@@ -17,6 +17,7 @@ use chrono::Utc;
 use postgres::Client;
 use tidings_domain::NewEvent;
 
+use super::events::{INSERT_EVENTS, insert_rows};
 use super::{connect, partitions, schema};
 use crate::error::{Context, StoreError};
 
@@ -52,39 +53,12 @@ impl RawPostgresBaseline {
         created_at: i64,
     ) -> Result<(), StoreError> {
         let first = self.last_seq as i64 + 1;
-        let seqs: Vec<i64> = (0..events.len() as i64).map(|i| first + i).collect();
-        let col = |f: fn(&NewEvent) -> &str| -> Vec<&str> { events.iter().map(f).collect() };
-        let workspaces: Vec<Option<&str>> = events
-            .iter()
-            .map(|e| e.workspace_id.as_ref().map(|w| w.as_str()))
-            .collect();
+        let rows: Vec<(i64, &NewEvent)> = (first..).zip(events).collect();
         let mut tx = self
             .client
             .transaction()
             .context("starting a baseline transaction")?;
-        tx.execute(
-            "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
-                                 subject_id, payload, created_at)
-             SELECT seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id,
-                    payload, $10
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[])
-                  AS e(seq, org, workspace, type, actor_type, actor_id, subject_type,
-                       subject_id, payload)",
-            &[
-                &seqs,
-                &col(|e| e.organization_id.as_str()),
-                &workspaces,
-                &col(|e| e.event_type.as_str()),
-                &col(|e| e.actor.actor_type.as_str()),
-                &col(|e| e.actor.id.as_str()),
-                &col(|e| e.subject.subject_type.as_str()),
-                &col(|e| e.subject.id.as_str()),
-                &col(|e| e.payload.get()),
-                &created_at,
-            ],
-        )
-        .context("inserting baseline rows")?;
+        insert_rows(&mut tx, INSERT_EVENTS, &rows, created_at)?;
         tx.commit().context("committing a baseline transaction")?;
         self.last_seq += events.len() as u64;
         Ok(())

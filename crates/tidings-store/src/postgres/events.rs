@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use postgres::{GenericClient, Row, Transaction};
+use postgres::{GenericClient, Row, ToStatement, Transaction};
 use tidings_domain::audit::AuditContext;
 use tidings_domain::{
     Event, EventFilter, EventId, FieldProblem, NewEvent, Order, Tenant, TypePattern,
@@ -250,11 +250,11 @@ pub(crate) fn ingest_all(
     Ok(results)
 }
 
-/// An input event's idempotency key, scoped to its organization.
-fn key_of(e: &NewEvent) -> Option<(String, String)> {
+/// An input event's idempotency key, scoped to its organization (borrowed from the event).
+fn key_of(e: &NewEvent) -> Option<(&str, &str)> {
     e.idempotency_key
-        .as_ref()
-        .map(|k| (e.organization_id.as_str().to_string(), k.clone()))
+        .as_deref()
+        .map(|k| (e.organization_id.as_str(), k))
 }
 
 /// Where an input event's answer comes from.
@@ -272,7 +272,7 @@ enum Slot {
 fn check_batch<'e>(
     ctx: &WriterCtx<'_>,
     events: &'e [NewEvent],
-    used_keys: &HashMap<(String, String), i64>,
+    used_keys: &HashMap<(&str, &str), i64>,
     stored: &HashMap<i64, Event>,
 ) -> Result<Vec<(&'e str, &'e str)>, StoreError> {
     let mut claims: Vec<(&str, &str)> = Vec::new();
@@ -347,12 +347,12 @@ fn record_batches(
         }
     }
     // Idempotency keys used by earlier groups, and the events they name:
-    let mut keyed: Vec<(String, String)> = all().filter_map(key_of).collect();
+    let mut keyed: Vec<(&str, &str)> = all().filter_map(key_of).collect();
     keyed.sort();
     keyed.dedup();
-    let mut used_keys: HashMap<(String, String), i64> = HashMap::new();
+    let mut used_keys: HashMap<(&str, &str), i64> = HashMap::new();
     if !keyed.is_empty() {
-        let (orgs, keys): (Vec<String>, Vec<String>) = keyed.into_iter().unzip();
+        let (orgs, keys): (Vec<&str>, Vec<&str>) = keyed.iter().copied().unzip();
         let lookup = ctx.prepared(
             tx,
             "SELECT i.org, i.key, i.seq FROM event_idempotency i
@@ -363,7 +363,11 @@ fn record_batches(
             .query(&lookup, &[&orgs, &keys])
             .context("looking up idempotency keys")?
         {
-            used_keys.insert((row.get(0), row.get(1)), row.get(2));
+            // Keyed by the input's own strings (the row names one of them).
+            let found: (&str, &str) = (row.get(0), row.get(1));
+            if let Ok(i) = keyed.binary_search(&found) {
+                used_keys.insert(keyed[i], row.get(2));
+            }
         }
     }
     let mut earlier: Vec<i64> = used_keys.values().copied().collect();
@@ -474,6 +478,52 @@ fn record_batches(
         .collect())
 }
 
+/// Inserts numbered events, all stamped `secs` (unix seconds), with one statement whatever
+/// their number. The store and the raw baseline both write rows through it, so the
+/// baseline's rows cannot drift from the store's.
+pub(crate) const INSERT_EVENTS: &str =
+    "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
+                         subject_id, payload, created_at)
+     SELECT seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id,
+            payload, $10
+     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::text[], $7::text[], $8::text[], $9::text[])
+          AS e(seq, org, workspace, type, actor_type, actor_id, subject_type,
+               subject_id, payload)";
+
+/// Runs [`INSERT_EVENTS`] (its text or its prepared statement) for `rows`: the columns are
+/// borrowed from the events, not copied.
+pub(crate) fn insert_rows<T: ?Sized + ToStatement>(
+    tx: &mut Transaction<'_>,
+    statement: &T,
+    rows: &[(i64, &NewEvent)],
+    secs: i64,
+) -> Result<(), StoreError> {
+    let col = |f: fn(&NewEvent) -> &str| -> Vec<&str> { rows.iter().map(|(_, e)| f(e)).collect() };
+    let seqs: Vec<i64> = rows.iter().map(|(s, _)| *s).collect();
+    let workspaces: Vec<Option<&str>> = rows
+        .iter()
+        .map(|(_, e)| e.workspace_id.as_ref().map(|w| w.as_str()))
+        .collect();
+    tx.execute(
+        statement,
+        &[
+            &seqs,
+            &col(|e| e.organization_id.as_str()),
+            &workspaces,
+            &col(|e| e.event_type.as_str()),
+            &col(|e| e.actor.actor_type.as_str()),
+            &col(|e| e.actor.id.as_str()),
+            &col(|e| e.subject.subject_type.as_str()),
+            &col(|e| e.subject.id.as_str()),
+            &col(|e| e.payload.get()),
+            &secs,
+        ],
+    )
+    .context("inserting events")?;
+    Ok(())
+}
+
 /// Inserts new events (numbered, all stamped `secs`) and their idempotency keys: one
 /// statement each, whatever their number.
 fn insert_fresh(
@@ -483,45 +533,13 @@ fn insert_fresh(
     secs: i64,
 ) -> Result<(), StoreError> {
     ctx.ensure_partition(tx, "events", secs)?;
-    let col =
-        |f: fn(&NewEvent) -> String| -> Vec<String> { fresh.iter().map(|(_, e)| f(e)).collect() };
-    let seqs: Vec<i64> = fresh.iter().map(|(s, _)| *s).collect();
-    let workspaces: Vec<Option<String>> = fresh
-        .iter()
-        .map(|(_, e)| e.workspace_id.as_ref().map(|w| w.as_str().to_string()))
-        .collect();
-    let insert = ctx.prepared(
-        tx,
-        "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
-                             subject_id, payload, created_at)
-         SELECT seq, org, workspace, type, actor_type, actor_id, subject_type, subject_id,
-                payload, $10
-         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::text[], $9::text[])
-              AS e(seq, org, workspace, type, actor_type, actor_id, subject_type,
-                   subject_id, payload)",
-    )?;
-    tx.execute(
-        &insert,
-        &[
-            &seqs,
-            &col(|e| e.organization_id.as_str().to_string()),
-            &workspaces,
-            &col(|e| e.event_type.as_str().to_string()),
-            &col(|e| e.actor.actor_type.as_str().to_string()),
-            &col(|e| e.actor.id.as_str().to_string()),
-            &col(|e| e.subject.subject_type.as_str().to_string()),
-            &col(|e| e.subject.id.as_str().to_string()),
-            &col(|e| e.payload.get().to_string()),
-            &secs,
-        ],
-    )
-    .context("inserting events")?;
+    let insert = ctx.prepared(tx, INSERT_EVENTS)?;
+    insert_rows(tx, &insert, fresh, secs)?;
     let (mut key_orgs, mut key_names, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
     for (seq, e) in fresh {
         if let Some(k) = &e.idempotency_key {
-            key_orgs.push(e.organization_id.as_str().to_string());
-            key_names.push(k.clone());
+            key_orgs.push(e.organization_id.as_str());
+            key_names.push(k.as_str());
             key_seqs.push(*seq);
         }
     }
