@@ -433,6 +433,42 @@ mod tests {
         assert_eq!(numbers(&store, filter()).await, [1, 2]);
     }
 
+    /// The API resolves `domain.*` against the catalog before it asks the store; a pattern
+    /// that reaches the store anyway has no index range of its own and is matched on the
+    /// rows of the organization's index, alone or next to exact types.
+    #[tokio::test]
+    async fn type_patterns_given_to_the_store_are_matched_on_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        for t in [
+            "invoice.paid",
+            "agent.run.completed",
+            "invoice.finalized",
+            "user.invited",
+        ] {
+            ingest(
+                &store,
+                &format!(
+                    r#"{{"type":"{t}","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-26-000001"}},"subject":{{"type":"invoice","id":"INV-26-000001"}},"payload":{{}}}}"#
+                ),
+            )
+            .await;
+        }
+        let by = |patterns: &[&str]| EventFilter {
+            types: patterns
+                .iter()
+                .map(|p| TypePattern::parse(p).unwrap())
+                .collect(),
+            ..filter()
+        };
+        assert_eq!(numbers(&store, by(&["invoice.*"])).await, [1, 3]);
+        assert_eq!(
+            numbers(&store, by(&["agent.*", "user.invited"])).await,
+            [2, 4]
+        );
+        assert_eq!(numbers(&store, by(&["agent.run.*"])).await, [2]);
+    }
+
     /// A hash only says where to look: rows whose keys collide are told apart by their
     /// text. Forces collisions by giving other rows the keys of the rows asked for.
     #[tokio::test]
