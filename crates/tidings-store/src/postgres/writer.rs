@@ -414,53 +414,30 @@ fn run_group(client: &mut Client, now: DateTime<Utc>, known: &mut Known, group: 
     }
 }
 
-/// Runs the ingest requests of a group as one batch, in arrival order, inside one savepoint:
-/// a request that conflicts with stored data (or with an earlier request of the group) is
-/// rejected on its own; the others are recorded together. A database error fails them all
-/// and leaves the rest of the group to go on. Replies wait in `completions` for the commit.
+/// Runs the ingest requests of a group as one batch, in arrival order: a request that
+/// conflicts with stored data (or with an earlier request of the group) is rejected on its
+/// own; the others are recorded together (see [`run_fused`]).
 fn run_ingests(
     tx: &mut Transaction<'_>,
     ctx: &mut WriterCtx<'_>,
     jobs: Vec<IngestJob>,
     completions: &mut Vec<Completion>,
 ) -> Result<(), StoreError> {
-    let mut requests = Vec::with_capacity(jobs.len());
-    let mut replies = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        requests.push((job.events, job.audit));
-        replies.push(job.reply);
-    }
-    let mut sp = tx
-        .savepoint("ingest")
-        .context("opening the ingest savepoint")?;
-    let snapshot = ctx.snapshot();
-    let batches: Vec<(&[NewEvent], &AuditContext)> = requests
-        .iter()
-        .map(|(events, audit)| (events.as_slice(), audit))
-        .collect();
-    match events::ingest_all(&mut sp, ctx, &batches) {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                completions.push(completion(result, reply));
-            }
-            sp.commit().context("releasing the ingest savepoint")?;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, requests = replies.len(), "a fused ingest failed");
-            let reason = e.to_string();
-            for reply in replies {
-                completions.push(completion(Err(StoreError::Write(reason.clone())), reply));
-            }
-            sp.rollback().context("rolling the ingest back")?;
-            ctx.restore(snapshot);
-        }
-    }
-    Ok(())
+    let (requests, replies): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .map(|job| ((job.events, job.audit), job.reply))
+        .unzip();
+    run_fused(tx, ctx, "ingest", replies, completions, |sp, ctx| {
+        let batches: Vec<(&[NewEvent], &AuditContext)> = requests
+            .iter()
+            .map(|(events, audit)| (events.as_slice(), audit))
+            .collect();
+        events::ingest_all(sp, ctx, &batches)
+    })
 }
 
-/// Records the attempts reported to a group together, inside one savepoint. A database
-/// error fails them all (their workers see the error and the leases run out, as after a
-/// crash) and leaves the rest of the group to go on.
+/// Records the attempts reported to a group together (see [`run_fused`]): a failure leaves
+/// their leases to run out, as after a crash.
 fn run_attempts(
     tx: &mut Transaction<'_>,
     ctx: &mut WriterCtx<'_>,
@@ -469,24 +446,46 @@ fn run_attempts(
 ) -> Result<(), StoreError> {
     let (reports, replies): (Vec<AttemptReport>, Vec<_>) =
         jobs.into_iter().map(|j| (j.report, j.reply)).unzip();
+    let n = reports.len();
+    run_fused(tx, ctx, "attempts", replies, completions, |sp, ctx| {
+        deliveries::record_attempts(sp, ctx, reports)?;
+        Ok((0..n).map(|_| Ok(())).collect())
+    })
+}
+
+/// Runs the fused work of several jobs inside one savepoint. `work` answers each job (in
+/// order); a database error from it fails them all, is rolled back to the savepoint, and
+/// leaves the rest of the group to go on. Replies wait in `completions` for the commit.
+fn run_fused<T: Send + 'static>(
+    tx: &mut Transaction<'_>,
+    ctx: &mut WriterCtx<'_>,
+    what: &'static str,
+    replies: Vec<oneshot::Sender<Result<T, StoreError>>>,
+    completions: &mut Vec<Completion>,
+    work: impl FnOnce(
+        &mut Transaction<'_>,
+        &mut WriterCtx<'_>,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError>,
+) -> Result<(), StoreError> {
     let mut sp = tx
-        .savepoint("attempts")
-        .context("opening the attempts savepoint")?;
+        .savepoint(what)
+        .context("opening a savepoint for fused jobs")?;
     let snapshot = ctx.snapshot();
-    match deliveries::record_attempts(&mut sp, ctx, reports) {
-        Ok(()) => {
-            for reply in replies {
-                completions.push(completion(Ok(()), reply));
+    match work(&mut sp, ctx) {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                completions.push(completion(result, reply));
             }
-            sp.commit().context("releasing the attempts savepoint")?;
+            sp.commit()
+                .context("releasing a savepoint for fused jobs")?;
         }
         Err(e) => {
-            tracing::error!(error = %e, attempts = replies.len(), "recording attempts failed");
+            tracing::error!(error = %e, what, jobs = replies.len(), "fused jobs failed");
             let reason = e.to_string();
             for reply in replies {
                 completions.push(completion(Err(StoreError::Write(reason.clone())), reply));
             }
-            sp.rollback().context("rolling the attempts back")?;
+            sp.rollback().context("rolling fused jobs back")?;
             ctx.restore(snapshot);
         }
     }
