@@ -55,7 +55,7 @@ impl RawSqliteBaseline {
                 .context("preparing the baseline insert")?;
             for (i, e) in events.iter().enumerate() {
                 let seq = self.last_seq + 1 + i as u64;
-                insert_row(&mut insert, seq, e, &EventKeys::of(e), created_at)?;
+                insert_row(&mut insert, seq, e, &EventKeys::of(e, seq), created_at)?;
             }
         }
         tx.commit().context("committing a baseline transaction")?;

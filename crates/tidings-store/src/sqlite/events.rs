@@ -5,6 +5,10 @@
 //! order. Several exact types become one branch each, merged by `UNION ALL`, for the same
 //! reason. Time bounds are turned into `seq` bounds first: `created_at` never decreases
 //! with `seq`.
+//!
+//! The type, subject, actor and workspace keys carry their event's epoch (index_keys.rs):
+//! such a walk is one probe per epoch, newest first for `desc`, each bounded to the
+//! epoch's events, until the page is full. A walk of the organization index is one probe.
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, Statement, params, params_from_iter};
@@ -14,7 +18,7 @@ use tidings_domain::{
 
 use tidings_domain::audit::AuditContext;
 
-use super::index_keys::{EventKeys, index_key};
+use super::index_keys::{EventKeys, epoch_key, epoch_of, epoch_range, index_key};
 use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::audit_entries::batch_audit_entries;
@@ -45,14 +49,59 @@ fn first_seq_at_or_after(conn: &Connection, secs: i64) -> Result<Option<u64>, St
 
 /// Which index a list query walks.
 enum Walk<'a> {
-    /// One index, at the entries with this key.
+    /// One index, at the entries with this key (an epoch key's hash if `epochs`).
     Index {
         index: &'static str,
         column: &'static str,
         key: i64,
+        epochs: bool,
     },
-    /// `events_by_type`, once per type of the organization.
+    /// `events_by_type`, once per type of the organization, epoch by epoch.
     Types { org: &'a str, types: Vec<&'a str> },
+}
+
+/// The oldest and newest event numbers stored, if any.
+fn stored_seq_range(conn: &Connection) -> Result<Option<(u64, u64)>, StoreError> {
+    let (first, last) = conn
+        .prepare_cached("SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events)")
+        .context("preparing the event number range read")?
+        .query_row([], |r| {
+            Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
+        })
+        .context("reading the event number range")?;
+    Ok(first.zip(last).map(|(f, l)| (f as u64, l as u64)))
+}
+
+/// The `seq` ranges a walk probes, in the page's order: `[lo, hi)` whole, or cut at epoch
+/// boundaries (with each piece's epoch).
+fn probes(
+    conn: &Connection,
+    lo: u64,
+    hi: Option<u64>,
+    epochs: bool,
+    order: Order,
+) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+    if !epochs {
+        return Ok(vec![(lo, hi.unwrap_or(i64::MAX as u64), 0)]);
+    }
+    let Some((first, last)) = stored_seq_range(conn)? else {
+        return Ok(Vec::new());
+    };
+    let lo = lo.max(first);
+    let hi = hi.unwrap_or(u64::MAX).min(last.saturating_add(1));
+    if hi <= lo {
+        return Ok(Vec::new());
+    }
+    let mut pieces: Vec<(u64, u64, u64)> = (epoch_of(lo)..=epoch_of(hi - 1))
+        .map(|epoch| {
+            let (start, end) = epoch_range(epoch);
+            (start.max(lo), end.min(hi), epoch)
+        })
+        .collect();
+    if order == Order::Desc {
+        pieces.reverse();
+    }
+    Ok(pieces)
 }
 
 /// The filter's types, if they are all exact (the API resolves patterns before the store).
@@ -117,12 +166,6 @@ pub(crate) fn list_events(
     if let Some(t) = &filter.actor_id {
         query.eq("actor_id", t.as_str().to_string());
     }
-    if lo > 0 {
-        query.cond("seq >= ?", Value::Integer(lo as i64));
-    }
-    if let Some(hi) = hi {
-        query.cond("seq < ?", Value::Integer(hi as i64));
-    }
 
     let within_org = match (&filter.subject_id, &filter.actor_id) {
         (Some(subject), _) => Some(("events_by_subject", "subject_key", subject.as_str())),
@@ -134,6 +177,7 @@ pub(crate) fn list_events(
             index,
             column,
             key: index_key(&[org, value]),
+            epochs: true,
         },
         (Some(org), None) if filter.workspace_id.is_none() && !filter.types.is_empty() => {
             match exact_types(&filter.types) {
@@ -142,6 +186,7 @@ pub(crate) fn list_events(
                     index: "events_by_org",
                     column: "org_key",
                     key: index_key(&[org]),
+                    epochs: false,
                 },
             }
         }
@@ -150,11 +195,13 @@ pub(crate) fn list_events(
                 index: "events_by_workspace",
                 column: "workspace_key",
                 key: index_key(&[ws.as_str()]),
+                epochs: true,
             },
             (None, Some(org)) => Walk::Index {
                 index: "events_by_org",
                 column: "org_key",
                 key: index_key(&[org]),
+                epochs: false,
             },
             // Platform-wide scans are not an API feature; the query layer requires one of them.
             (None, None) => {
@@ -168,31 +215,46 @@ pub(crate) fn list_events(
         Order::Desc => "DESC",
         Order::Asc => "ASC",
     };
-    let fetch = page.limit as i64 + 1;
+    let fetch = page.limit as usize + 1;
 
-    let sql = match walk {
+    // Each probe binds its own key(s), seq bounds and row budget into these slots.
+    let mut keys: Vec<(usize, i64)> = Vec::new();
+    let (lo_param, lo_slot) = query.slot();
+    let (hi_param, hi_slot) = query.slot();
+    let (limit, limit_slot) = query.slot();
+    let bounds = format!("seq >= {lo_param} AND seq < {hi_param}");
+    let (sql, epochs) = match walk {
         // One in-order range of events_by_type per type, merged by UNION ALL.
         Walk::Types { org, types } => {
             let base = query.conditions();
             let branches: Vec<String> = types
                 .iter()
                 .map(|t| {
-                    let key = query.bind(Value::Integer(index_key(&[org, t])));
+                    let (key, key_slot) = query.slot();
+                    keys.push((key_slot, index_key(&[org, t])));
                     let text = query.bind(Value::Text((*t).to_string()));
                     format!(
                         "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_by_type
-                         WHERE type_key = {key} AND type = {text} AND {base}
-                         ORDER BY seq {dir} LIMIT {fetch})"
+                         WHERE type_key = {key} AND type = {text} AND {base} AND {bounds}
+                         ORDER BY seq {dir} LIMIT {limit})"
                     )
                 })
                 .collect();
-            format!(
-                "{} ORDER BY seq {dir} LIMIT {fetch}",
+            let sql = format!(
+                "{} ORDER BY seq {dir} LIMIT {limit}",
                 branches.join(" UNION ALL ")
-            )
+            );
+            (sql, true)
         }
-        Walk::Index { index, column, key } => {
-            query.eq(column, key);
+        Walk::Index {
+            index,
+            column,
+            key,
+            epochs,
+        } => {
+            let (param, key_slot) = query.slot();
+            query.raw(format!("{column} = {param}"));
+            keys.push((key_slot, key));
             let type_conds: Vec<String> = filter
                 .types
                 .iter()
@@ -212,23 +274,38 @@ pub(crate) fn list_events(
             if !type_conds.is_empty() {
                 query.raw(format!("({})", type_conds.join(" OR ")));
             }
-            format!(
+            query.raw(bounds);
+            let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index}
-                 WHERE {} ORDER BY seq {dir} LIMIT {fetch}",
+                 WHERE {} ORDER BY seq {dir} LIMIT {limit}",
                 query.conditions()
-            )
+            );
+            (sql, epochs)
         }
     };
 
     let mut stmt = conn
         .prepare_cached(&sql)
         .context("preparing an event query")?;
-    let rows = stmt
-        .query_map(params_from_iter(query.args().iter()), event_from_row)
-        .context("querying events")?;
-    let mut items = Vec::with_capacity(fetch as usize);
-    for row in rows {
-        items.push(row.context("reading an event row")??);
+    let mut args = query.args().to_vec();
+    let mut items = Vec::with_capacity(fetch);
+    for (probe_lo, probe_hi, epoch) in probes(conn, lo, hi, epochs, page.order)? {
+        args[lo_slot] = Value::Integer(probe_lo as i64);
+        args[hi_slot] = Value::Integer(probe_hi.min(i64::MAX as u64) as i64);
+        args[limit_slot] = Value::Integer((fetch - items.len()) as i64);
+        for &(key_slot, hash) in &keys {
+            let key = if epochs { epoch_key(epoch, hash) } else { hash };
+            args[key_slot] = Value::Integer(key);
+        }
+        let rows = stmt
+            .query_map(params_from_iter(args.iter()), event_from_row)
+            .context("querying events")?;
+        for row in rows {
+            items.push(row.context("reading an event row")??);
+        }
+        if items.len() >= fetch {
+            break;
+        }
     }
     Ok(into_page(items, page.limit))
 }
@@ -310,6 +387,7 @@ pub(crate) fn insert_events(
              WHERE idempotency_hash = ?1 AND org = ?2 AND idempotency_key = ?3"
         ))
         .context("preparing the idempotency lookup")?;
+    ctx.idempotency.catch_up(conn)?;
 
     let mut find_ws = conn
         .prepare_cached("SELECT org FROM workspaces WHERE workspace = ?1")
@@ -364,21 +442,35 @@ pub(crate) fn insert_events(
 
     for e in events {
         let org = e.organization_id.as_str();
-        let keys = EventKeys::of(e);
-        if let Some(hash) = keys.idempotency {
+        if let Some(key) = &e.idempotency_key {
             // The key may have been used before in this organization, maybe earlier in
-            // this transaction: answer with the event first recorded.
-            let existing = find_key
-                .query_row(params![hash, org, e.idempotency_key], event_from_row)
-                .optional()
-                .context("looking up an idempotency key")?;
-            if let Some(existing) = existing {
-                recorded.push(existing?);
-                continue;
+            // this transaction: answer with the event first recorded. The filter rules
+            // out almost every new key; the others are looked for epoch by epoch, newest
+            // first (a retry usually follows its first attempt closely).
+            let hash = index_key(&[org, key]);
+            if ctx.idempotency.may_contain(hash) {
+                let newest = ctx.idempotency.seen_through().unwrap_or(0);
+                let oldest = stored_seq_range(conn)?.map_or(newest, |(first, _)| first);
+                let mut existing = None;
+                for epoch in (epoch_of(oldest)..=epoch_of(newest)).rev() {
+                    existing = find_key
+                        .query_row(params![epoch_key(epoch, hash), org, key], event_from_row)
+                        .optional()
+                        .context("looking up an idempotency key")?;
+                    if existing.is_some() {
+                        break;
+                    }
+                }
+                if let Some(existing) = existing {
+                    recorded.push(existing?);
+                    continue;
+                }
             }
         }
         let seq = ctx.next_id(conn, "EVT")?;
+        let keys = EventKeys::of(e, seq);
         insert_row(&mut insert, seq, e, &keys, created_at.timestamp())?;
+        ctx.idempotency.record(seq, keys.idempotency);
         recorded.push(Event {
             id: EventId::new(year, seq),
             event_type: e.event_type.clone(),
@@ -405,4 +497,191 @@ pub(crate) fn ingest(
         super::audit::append(conn, ctx, audit, entry)?;
     }
     Ok(recorded)
+}
+
+#[cfg(test)]
+mod tests {
+    use tidings_domain::{EventFilter, Order, Tenant, TypePattern};
+
+    use crate::sqlite::index_keys::EVENTS_PER_EPOCH;
+    use crate::sqlite::test_support::{ORG, filter, ingest};
+    use crate::sqlite::{DATABASE_FILE, SqliteStore, open_connection};
+    use crate::{PageRequest, Store};
+
+    const WS: &str = "WS-26-000021";
+
+    fn body(event_type: &str, subject: &str, actor: &str, key: &str) -> String {
+        format!(
+            r#"{{"type":"{event_type}","organization_id":"{ORG}","workspace_id":"{WS}","actor":{{"type":"user","id":"{actor}"}},"subject":{{"type":"invoice","id":"{subject}"}},"payload":{{}},"idempotency_key":"{key}"}}"#
+        )
+    }
+
+    /// The next event recorded in `dir` gets number `next` (as after a long run of others).
+    fn number_next(dir: &std::path::Path, next: u64) {
+        let conn = open_connection(&dir.join(DATABASE_FILE)).unwrap();
+        conn.execute(
+            "UPDATE id_sequences SET last = ?1 WHERE prefix = 'EVT'",
+            [next as i64 - 1],
+        )
+        .unwrap();
+    }
+
+    /// Every event `filter` finds, `limit` at a time in `order`, following the pages.
+    async fn every_page(store: &SqliteStore, filter: &EventFilter, order: Order) -> Vec<u64> {
+        let mut found = Vec::new();
+        let mut after = None;
+        loop {
+            let page = PageRequest {
+                limit: 2,
+                order,
+                after,
+            };
+            let got = store
+                .list_events(&Tenant::Platform, filter, page)
+                .await
+                .unwrap();
+            found.extend(got.items.iter().map(|e| e.id.number));
+            after = got.items.last().map(|e| e.id.number);
+            if !got.has_more {
+                return found;
+            }
+        }
+    }
+
+    /// Events in epochs 0, 1, 2 and 5 (3 and 4 hold none): every epoch-keyed filter finds
+    /// them all, in order both ways, across page and epoch boundaries.
+    #[tokio::test]
+    async fn walks_cross_epochs_in_order_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let e = EVENTS_PER_EPOCH;
+        let mut expected = Vec::new();
+        for (next, count) in [(1, 3), (2 * e - 2, 4), (5 * e + 10, 2)] {
+            number_next(dir.path(), next);
+            for i in 0..count {
+                let recorded = ingest(
+                    &store,
+                    &body(
+                        "invoice.paid",
+                        "INV-26-000001",
+                        "USR-26-000001",
+                        &format!("k-{next}-{i}"),
+                    ),
+                )
+                .await;
+                // Noise between them: another subject, actor and type.
+                ingest(
+                    &store,
+                    &body(
+                        "invoice.finalized",
+                        "INV-26-000002",
+                        "USR-26-000002",
+                        &format!("n-{next}-{i}"),
+                    ),
+                )
+                .await;
+                expected.push(recorded[0].id.number);
+            }
+        }
+        assert_eq!(
+            expected,
+            [
+                1,
+                3,
+                5,
+                2 * e - 2,
+                2 * e,
+                2 * e + 2,
+                2 * e + 4,
+                5 * e + 10,
+                5 * e + 12
+            ]
+        );
+        let filters = [
+            EventFilter {
+                types: vec![TypePattern::parse("invoice.paid").unwrap()],
+                ..filter()
+            },
+            EventFilter {
+                subject_id: Some("INV-26-000001".parse().unwrap()),
+                ..filter()
+            },
+            EventFilter {
+                actor_id: Some("USR-26-000001".parse().unwrap()),
+                ..filter()
+            },
+            EventFilter {
+                workspace_id: Some(WS.parse().unwrap()),
+                subject_type: Some("invoice".parse().unwrap()),
+                types: vec![TypePattern::parse("invoice.paid").unwrap()],
+                ..EventFilter::default()
+            },
+        ];
+        for f in &filters {
+            assert_eq!(every_page(&store, f, Order::Asc).await, expected, "{f:?}");
+            let mut newest_first = expected.clone();
+            newest_first.reverse();
+            assert_eq!(
+                every_page(&store, f, Order::Desc).await,
+                newest_first,
+                "{f:?}"
+            );
+        }
+        // A bound inside an epoch cuts it: only events numbered below 2e + 3, newest first.
+        let page = PageRequest {
+            limit: 3,
+            order: Order::Desc,
+            after: Some(2 * e + 3),
+        };
+        let got = store
+            .list_events(&Tenant::Platform, &filters[1], page)
+            .await
+            .unwrap();
+        let numbers: Vec<u64> = got.items.iter().map(|e| e.id.number).collect();
+        assert_eq!(numbers, [2 * e + 2, 2 * e, 2 * e - 2]);
+        assert!(got.has_more);
+    }
+
+    /// A key first used in epoch 0 still answers from epoch 5, from the same process, from a
+    /// new one (the filter rebuilt from disk), and from a batch that repeats it itself.
+    #[tokio::test]
+    async fn idempotency_keys_hold_across_epochs_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            let first = ingest(&store, &body("invoice.paid", "INV-1", "USR-1", "k")).await;
+            number_next(dir.path(), 5 * EVENTS_PER_EPOCH + 1);
+            let again = ingest(&store, &body("invoice.paid", "INV-2", "USR-2", "k")).await;
+            assert_eq!(again[0].id, first[0].id);
+            first[0].id
+        };
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let again = ingest(&store, &body("invoice.paid", "INV-3", "USR-3", "k")).await;
+        assert_eq!(again[0].id, first);
+        let batch = format!(
+            r#"{{"events":[{},{},{}]}}"#,
+            body("invoice.paid", "INV-4", "USR-4", "fresh"),
+            body("invoice.paid", "INV-5", "USR-5", "fresh"),
+            body("invoice.paid", "INV-6", "USR-6", "k"),
+        );
+        let recorded = ingest(&store, &batch).await;
+        assert_eq!(recorded[0].id.number, 5 * EVENTS_PER_EPOCH + 1);
+        assert_eq!(recorded[1].id, recorded[0].id);
+        assert_eq!(recorded[2].id, first);
+    }
+
+    /// Two stores on one file (two processes): keys the other one recorded after this one
+    /// built its filter are still found, because each ingest first reads what is new.
+    #[tokio::test]
+    async fn idempotency_keys_recorded_by_another_process_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = SqliteStore::open(dir.path()).unwrap();
+        let other = SqliteStore::open(dir.path()).unwrap();
+        // Both build their filters now, before the key exists.
+        ingest(&one, &body("invoice.paid", "INV-1", "USR-1", "a")).await;
+        ingest(&other, &body("invoice.paid", "INV-2", "USR-2", "b")).await;
+        let recorded = ingest(&other, &body("invoice.paid", "INV-3", "USR-3", "shared")).await;
+        let again = ingest(&one, &body("invoice.paid", "INV-4", "USR-4", "shared")).await;
+        assert_eq!(again[0].id, recorded[0].id);
+    }
 }

@@ -15,6 +15,16 @@
 //! so it must never change (a test pins its values). FNV-1a, 64 bits, over each part's
 //! UTF-8 bytes followed by `0xFF` (a byte UTF-8 never contains, so `("ab", "c")` and
 //! `("a", "bc")` differ).
+//!
+//! Epochs (schema 6): hashed keys alone still land at random places in the type, subject,
+//! actor, workspace and idempotency indexes, so every commit still rewrote about one index
+//! page per event per index. Those keys now start with the event's epoch (its number
+//! divided by [`EVENTS_PER_EPOCH`]) in the top 24 bits, above 40 bits of the hash: every
+//! new entry lands in the newest epoch's slice of its index, a few hundred pages that the
+//! next commits touch again. Queries walk the epochs one by one, newest first for `desc`
+//! (see events.rs); the organization index needs no epochs (its ~100 insertion points are
+//! hot already). After 2^24 epochs the prefix wraps; every epoch walk also bounds `seq` to
+//! the epoch's own range, so a wrapped prefix costs rows read, never a wrong answer.
 
 use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;
@@ -39,6 +49,40 @@ pub(crate) fn index_key(parts: &[&str]) -> i64 {
     h as i64
 }
 
+/// Bits of an epoch key that hold the hash; the epoch takes the 24 above them.
+const HASH_BITS: u32 = 40;
+const HASH_MASK: u64 = (1 << HASH_BITS) - 1;
+
+/// Events numbered `e * EVENTS_PER_EPOCH ..< (e + 1) * EVENTS_PER_EPOCH` form epoch `e`.
+/// 65,536 events make a slice of about 300 pages per index: small enough that a commit of
+/// thousands of events rewrites each of them once, few enough epochs (153 at 10M events)
+/// that a query for a rare subject still probes them all in well under a millisecond.
+pub(crate) const EVENTS_PER_EPOCH: u64 = 1 << 16;
+
+/// The epoch of event number `seq`.
+pub(crate) fn epoch_of(seq: u64) -> u64 {
+    seq / EVENTS_PER_EPOCH
+}
+
+/// The event numbers of `epoch`: `[first, end)`.
+pub(crate) fn epoch_range(epoch: u64) -> (u64, u64) {
+    (
+        epoch.saturating_mul(EVENTS_PER_EPOCH),
+        epoch.saturating_add(1).saturating_mul(EVENTS_PER_EPOCH),
+    )
+}
+
+/// `hash` (an [`index_key`]) placed in `epoch`: the epoch's low 24 bits, then the hash's
+/// low 40 bits.
+pub(crate) fn epoch_key(epoch: u64, hash: i64) -> i64 {
+    ((epoch << HASH_BITS) | (hash as u64 & HASH_MASK)) as i64
+}
+
+/// The hash part of an [`epoch_key`] (what the idempotency filter remembers).
+pub(crate) fn hash_part(key: i64) -> u64 {
+    key as u64 & HASH_MASK
+}
+
 /// The keys of one event's row, one per index.
 pub(crate) struct EventKeys {
     pub org: i64,
@@ -50,15 +94,18 @@ pub(crate) struct EventKeys {
 }
 
 impl EventKeys {
-    pub fn of(e: &NewEvent) -> Self {
+    /// The keys of `e` stored as event number `seq`.
+    pub fn of(e: &NewEvent, seq: u64) -> Self {
         let org = e.organization_id.as_str();
+        let epoch = epoch_of(seq);
+        let keyed = |parts: &[&str]| epoch_key(epoch, index_key(parts));
         Self {
             org: index_key(&[org]),
-            event_type: index_key(&[org, e.event_type.as_str()]),
-            subject: index_key(&[org, e.subject.id.as_str()]),
-            actor: index_key(&[org, e.actor.id.as_str()]),
-            workspace: e.workspace_id.as_ref().map(|w| index_key(&[w.as_str()])),
-            idempotency: e.idempotency_key.as_deref().map(|k| index_key(&[org, k])),
+            event_type: keyed(&[org, e.event_type.as_str()]),
+            subject: keyed(&[org, e.subject.id.as_str()]),
+            actor: keyed(&[org, e.actor.id.as_str()]),
+            workspace: e.workspace_id.as_ref().map(|w| keyed(&[w.as_str()])),
+            idempotency: e.idempotency_key.as_deref().map(|k| keyed(&[org, k])),
         }
     }
 }
@@ -67,8 +114,23 @@ impl EventKeys {
 /// the keys to rows stored before them).
 pub(crate) const SQL_FUNCTION: &str = "tidings_index_key";
 
-/// Makes `tidings_index_key(part, …)` callable on `conn`: NULL if any part is NULL.
-pub(crate) fn register_sql_function(conn: &Connection) -> Result<(), StoreError> {
+/// Makes `tidings_index_key(part, …)` and `tidings_epoch_key(seq, hash)` callable on
+/// `conn` (used by the migrations that computed keys for rows stored before them): NULL if
+/// any argument is NULL.
+pub(crate) fn register_sql_functions(conn: &Connection) -> Result<(), StoreError> {
+    conn.create_scalar_function(
+        "tidings_epoch_key",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let seq = ctx.get::<Option<i64>>(0)?;
+            let hash = ctx.get::<Option<i64>>(1)?;
+            Ok(seq
+                .zip(hash)
+                .map(|(seq, hash)| epoch_key(epoch_of(seq as u64), hash)))
+        },
+    )
+    .context("registering the epoch key function")?;
     conn.create_scalar_function(
         SQL_FUNCTION,
         -1,
@@ -112,9 +174,30 @@ mod tests {
     }
 
     #[test]
+    fn epoch_keys_put_the_epoch_above_the_hash() {
+        let hash = index_key(&["ORG-26-090500", "LIN-26-084729"]);
+        let first = epoch_key(epoch_of(1), hash);
+        let last = epoch_key(epoch_of(EVENTS_PER_EPOCH - 1), hash);
+        let next = epoch_key(epoch_of(EVENTS_PER_EPOCH), hash);
+        assert_eq!(first, last, "one epoch, one key");
+        assert_ne!(first, next);
+        assert_eq!(hash_part(first), hash_part(next));
+        assert_eq!(hash_part(first), hash as u64 & ((1 << 40) - 1));
+        // Pinned: stored rows carry these.
+        assert_eq!(epoch_key(0, -1), (1 << 40) - 1);
+        assert_eq!(epoch_key(3, 0x1234_5678_9abc_def0), 0x0000_0378_9abc_def0);
+        // The epoch's top bits wrap; the hash bits are untouched.
+        assert_eq!(epoch_key(1 << 24, hash), epoch_key(0, hash));
+        // Epochs sort in order within the positive range, so a new epoch's entries go to
+        // the end of the index.
+        assert!(epoch_key(7, -1) < epoch_key(8, 0));
+        assert_eq!(epoch_range(2), (2 * EVENTS_PER_EPOCH, 3 * EVENTS_PER_EPOCH));
+    }
+
+    #[test]
     fn the_sql_function_agrees_with_rust() {
         let conn = Connection::open_in_memory().unwrap();
-        register_sql_function(&conn).unwrap();
+        register_sql_functions(&conn).unwrap();
         let (one, two, null): (i64, i64, Option<i64>) = conn
             .query_row(
                 "SELECT tidings_index_key('ORG-26-090500'),
@@ -127,5 +210,18 @@ mod tests {
         assert_eq!(one, index_key(&["ORG-26-090500"]));
         assert_eq!(two, index_key(&["ORG-26-090500", "LIN-26-084729"]));
         assert_eq!(null, None);
+        let (keyed, none): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT tidings_epoch_key(200000, tidings_index_key('ORG-26-090500')),
+                        tidings_epoch_key(200000, NULL)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            keyed,
+            epoch_key(epoch_of(200_000), index_key(&["ORG-26-090500"]))
+        );
+        assert_eq!(none, None);
     }
 }

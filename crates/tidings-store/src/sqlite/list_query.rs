@@ -54,6 +54,13 @@ impl ListQuery {
         format!("?{}", self.args.len())
     }
 
+    /// Binds a placeholder whose value each run sets in its copy of [`Self::args`];
+    /// returns the placeholder and its index there.
+    pub fn slot(&mut self) -> (String, usize) {
+        let placeholder = self.bind(Value::Null);
+        (placeholder, self.args.len() - 1)
+    }
+
     pub fn conditions(&self) -> String {
         if self.conds.is_empty() {
             "1".into()

@@ -9,11 +9,14 @@ mod audit;
 mod baseline;
 mod deliveries;
 mod events;
+mod idempotency_filter;
 mod index_keys;
 mod keys;
 mod list_query;
 mod retention;
 mod schema;
+#[cfg(test)]
+mod test_support;
 mod webhooks;
 mod writer;
 

@@ -214,6 +214,31 @@ CREATE INDEX events_by_idempotency ON events (idempotency_hash)
     WHERE idempotency_hash IS NOT NULL;
 "#,
     ),
+    (
+        6,
+        r#"
+-- Type, subject, actor, workspace and idempotency keys start with the event's epoch
+-- (see index_keys.rs), so new entries land in the newest slice of each index instead of
+-- anywhere in it. The hashes themselves do not change: the key keeps their low 40 bits.
+DROP INDEX events_by_type;
+DROP INDEX events_by_subject;
+DROP INDEX events_by_actor;
+DROP INDEX events_by_workspace;
+DROP INDEX events_by_idempotency;
+UPDATE events SET
+    type_key         = tidings_epoch_key(seq, type_key),
+    subject_key      = tidings_epoch_key(seq, subject_key),
+    actor_key        = tidings_epoch_key(seq, actor_key),
+    workspace_key    = tidings_epoch_key(seq, workspace_key),
+    idempotency_hash = tidings_epoch_key(seq, idempotency_hash);
+CREATE INDEX events_by_type ON events (type_key, seq);
+CREATE INDEX events_by_subject ON events (subject_key, seq);
+CREATE INDEX events_by_actor ON events (actor_key, seq);
+CREATE INDEX events_by_workspace ON events (workspace_key, seq) WHERE workspace_key IS NOT NULL;
+CREATE INDEX events_by_idempotency ON events (idempotency_hash)
+    WHERE idempotency_hash IS NOT NULL;
+"#,
+    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction.
@@ -245,8 +270,8 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
             known,
         });
     }
-    // Migration 5 computes index keys for the rows stored before it.
-    index_keys::register_sql_function(conn)?;
+    // Migrations 5 and 6 compute index keys for the rows stored before them.
+    index_keys::register_sql_functions(conn)?;
     for (version, sql) in MIGRATIONS
         .iter()
         .filter(|(v, _)| *v > current && *v <= target)
@@ -263,11 +288,11 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
             )
             .context("checking a migration")?;
         if !done {
-            if *version == 5 {
-                // It rewrites every event's index entries: about 10 s per million events.
+            if *version == 5 || *version == 6 {
+                // They rewrite every event's index entries: seconds per million events.
                 tracing::info!(
                     version,
-                    "rebuilding the event indexes with hashed keys; this takes a while on a large store"
+                    "rebuilding the event indexes; this takes a while on a large store"
                 );
             }
             tx.execute_batch(sql).context("applying a migration")?;
@@ -286,80 +311,15 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use rusqlite::params;
-    use tidings_domain::audit::AuditContext;
-    use tidings_domain::{
-        Catalog, Event, EventFilter, IngestFormat, Order, Tenant, TypePattern, parse_ingest_body,
-    };
+    use tidings_domain::{EventFilter, TypePattern};
 
     use super::*;
+    use crate::sqlite::test_support::{ORG, filter, found_by_each, ingest, numbers};
     use crate::sqlite::{DATABASE_FILE, SqliteStore, open_connection};
-    use crate::{PageRequest, Store};
 
-    const ORG: &str = "ORG-26-090500";
-
-    fn filter() -> EventFilter {
-        EventFilter {
-            organization_id: Some(ORG.parse().unwrap()),
-            ..EventFilter::default()
-        }
-    }
-
-    async fn numbers(store: &SqliteStore, filter: EventFilter) -> Vec<u64> {
-        let page = PageRequest {
-            limit: 100,
-            order: Order::Asc,
-            after: None,
-        };
-        let found = store
-            .list_events(&Tenant::Platform, &filter, page)
-            .await
-            .unwrap();
-        found.items.iter().map(|e| e.id.number).collect()
-    }
-
-    async fn ingest(store: &SqliteStore, body: &str) -> Vec<Event> {
-        let events =
-            parse_ingest_body(body.as_bytes(), IngestFormat::Json, &Catalog::builtin()).unwrap();
-        store.ingest(events, &AuditContext::system()).await.unwrap()
-    }
-
-    /// What `ORG`'s events found by each filter: the organization alone, then with a type,
-    /// a subject, an actor; and a workspace alone.
-    async fn found_by_each(
-        store: &SqliteStore,
-        event_type: &str,
-        subject: &str,
-        actor: &str,
-        workspace: &str,
-    ) -> Vec<Vec<u64>> {
-        let filters = [
-            filter(),
-            EventFilter {
-                types: vec![TypePattern::parse(event_type).unwrap()],
-                ..filter()
-            },
-            EventFilter {
-                subject_id: Some(subject.parse().unwrap()),
-                ..filter()
-            },
-            EventFilter {
-                actor_id: Some(actor.parse().unwrap()),
-                ..filter()
-            },
-            EventFilter {
-                workspace_id: Some(workspace.parse().unwrap()),
-                ..EventFilter::default()
-            },
-        ];
-        let mut found = Vec::new();
-        for f in filters {
-            found.push(numbers(store, f).await);
-        }
-        found
-    }
-
-    /// Events stored before migration 5 (no index keys) are found by every filter after it,
-    /// and their idempotency keys still hold.
+    /// Events stored before migration 5 (no index keys) are found by every filter after
+    /// migrations 5 and 6, in whichever epoch their numbers put them, and their idempotency
+    /// keys still hold.
     #[tokio::test]
     async fn events_stored_before_the_index_keys_are_found_after_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -380,7 +340,7 @@ mod tests {
                     Some("k1"),
                 ),
                 (
-                    2,
+                    70_000,
                     ORG,
                     None,
                     "invoice.finalized",
@@ -389,7 +349,7 @@ mod tests {
                     None,
                 ),
                 (
-                    3,
+                    200_000,
                     "ORG-26-000101",
                     None,
                     "invoice.paid",
@@ -405,7 +365,7 @@ mod tests {
                 .unwrap();
             }
             conn.execute(
-                "INSERT INTO id_sequences (prefix, last) VALUES ('EVT', 3)",
+                "INSERT INTO id_sequences (prefix, last) VALUES ('EVT', 200000)",
                 [],
             )
             .unwrap();
@@ -421,7 +381,13 @@ mod tests {
         );
         assert_eq!(
             found.await,
-            [vec![1, 2], vec![1], vec![1, 2], vec![2], vec![1]]
+            [
+                vec![1, 70_000],
+                vec![1],
+                vec![1, 70_000],
+                vec![70_000],
+                vec![1]
+            ]
         );
 
         // k1 was used in this organization before the migration: the first event answers.
@@ -430,7 +396,7 @@ mod tests {
         );
         let recorded = ingest(&store, &again).await;
         assert_eq!(recorded[0].id.number, 1);
-        assert_eq!(numbers(&store, filter()).await, [1, 2]);
+        assert_eq!(numbers(&store, filter()).await, [1, 70_000]);
     }
 
     /// The API resolves `domain.*` against the catalog before it asks the store; a pattern

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::idempotency_filter::IdempotencyFilter;
 use crate::clock::Clock;
 use crate::error::{Context, StoreError};
 
@@ -110,6 +111,15 @@ pub(crate) struct WriterCtx<'a> {
     known_workspaces: &'a HashMap<String, String>,
     /// Learnt in this group; merged into the cache after commit.
     learnt_workspaces: HashMap<String, String>,
+    /// The idempotency keys stored (rewound with the group or job that rolls back).
+    pub idempotency: &'a mut IdempotencyFilter,
+}
+
+/// What a job that rolls back must put back in the context.
+struct Snapshot {
+    ids: HashMap<&'static str, u64>,
+    learnt_workspaces: HashMap<String, String>,
+    idempotency_seen: Option<u64>,
 }
 
 impl WriterCtx<'_> {
@@ -159,17 +169,24 @@ impl WriterCtx<'_> {
             .insert(workspace.to_string(), org.to_string());
     }
 
-    fn snapshot(&self) -> (HashMap<&'static str, u64>, HashMap<String, String>) {
-        (self.ids.clone(), self.learnt_workspaces.clone())
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            ids: self.ids.clone(),
+            learnt_workspaces: self.learnt_workspaces.clone(),
+            idempotency_seen: self.idempotency.seen_through(),
+        }
     }
 
-    fn restore(&mut self, snapshot: (HashMap<&'static str, u64>, HashMap<String, String>)) {
-        (self.ids, self.learnt_workspaces) = snapshot;
+    fn restore(&mut self, snapshot: Snapshot) {
+        self.ids = snapshot.ids;
+        self.learnt_workspaces = snapshot.learnt_workspaces;
+        self.idempotency.rewind(snapshot.idempotency_seen);
     }
 }
 
 pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>) {
     let mut workspaces: HashMap<String, String> = HashMap::new();
+    let mut idempotency = IdempotencyFilter::new();
     while let Ok(first) = rx.recv() {
         let mut weight = first.weight;
         let mut group = vec![first];
@@ -182,7 +199,13 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn 
                 Err(_) => break,
             }
         }
-        run_group(&mut conn, clock.now(), &mut workspaces, group);
+        run_group(
+            &mut conn,
+            clock.now(),
+            &mut workspaces,
+            &mut idempotency,
+            group,
+        );
     }
     tracing::debug!("sqlite writer stopped");
 }
@@ -191,9 +214,11 @@ fn run_group(
     conn: &mut Connection,
     now: DateTime<Utc>,
     workspaces: &mut HashMap<String, String>,
+    idempotency: &mut IdempotencyFilter,
     group: Vec<Job>,
 ) {
     let mut completions = Vec::with_capacity(group.len());
+    let idempotency_seen = idempotency.seen_through();
     let outcome = (|| -> Result<HashMap<String, String>, StoreError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -204,6 +229,7 @@ fn run_group(
             event_time: None,
             known_workspaces: workspaces,
             learnt_workspaces: HashMap::new(),
+            idempotency: &mut *idempotency,
         };
         // Savepoint statements prepared once (rusqlite's `savepoint()` parses them anew on
         // every call, a tenth of the writer's time with single-event requests).
@@ -269,6 +295,7 @@ fn run_group(
         }
         Err(e) => {
             tracing::error!(error = %e, jobs = completions.len(), "group commit failed");
+            idempotency.rewind(idempotency_seen);
             let reason = e.to_string();
             for completion in completions {
                 completion(Some(&reason));
