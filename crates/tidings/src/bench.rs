@@ -911,6 +911,13 @@ async fn query_shapes(
             "organization + subject_id".into(),
             with(&[("subject_id", SEED_SERVICE_LINE)]),
         ),
+        // A service line with few or no events: the walk finds no full page early, so it
+        // probes every epoch of the subject index (the worst case of that layout).
+        shape(
+            "subject_id_rare",
+            "organization + rare subject_id".into(),
+            with(&[("subject_id", RARE_SERVICE_LINE)]),
+        ),
         shape(
             "workspace_time_range",
             "workspace + from/to".into(),
@@ -969,6 +976,9 @@ async fn query_shapes(
     }
     Ok(results)
 }
+
+/// A service line the generator gives about one event per 10M (ids are drawn from 99,999).
+const RARE_SERVICE_LINE: &str = "LIN-26-000001";
 
 /// One kind of `GET /v1/events` request.
 struct QueryShape {

@@ -163,6 +163,8 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .context("opening the database file")?;
+    // `rarray(?)`: a list bound as one parameter (event queries probing several epochs).
+    rusqlite::vtab::array::load_module(&conn).context("loading the rarray module")?;
     // FULL: a commit is on disk before we acknowledge it, even across a power cut.
     // Checkpoints at 32,768 WAL pages (128 MiB) instead of SQLite's 1,000: a page that
     // several commits rewrite (an index page) is copied into the database once per

@@ -147,6 +147,7 @@ fn bench_runs_every_scenario_and_reports_json() {
             "org",
             "type",
             "subject_id",
+            "subject_id_rare",
             "workspace_time_range",
             "deep_page",
             "order_asc"
@@ -155,7 +156,7 @@ fn bench_runs_every_scenario_and_reports_json() {
     // The seed organization has hundreds of events: its pages are full.
     assert_eq!(report["query"][0]["rows"], 100);
     assert!(
-        report["query"][4]["description"]
+        report["query"][5]["description"]
             .as_str()
             .unwrap()
             .contains("page 3")
