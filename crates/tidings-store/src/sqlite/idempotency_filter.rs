@@ -10,12 +10,19 @@
 //! before each ingest job the writer adds the keys of events numbered above the last one it
 //! has seen (events another process recorded, usually none), and it adds each key it
 //! records itself. Keys of events removed by retention stay in as false positives until the
-//! filter is rebuilt, which happens when it holds more keys than it was sized for. Memory:
-//! about 15 bits per stored key (28 MB for 10M keyed events).
+//! filter is rebuilt, which happens when it holds more keys than it was sized for. That
+//! rebuild reads the index on a thread of its own, from a snapshot (0.6 s at 4M keys); the
+//! writer keeps using the old filter meanwhile and then adds what was recorded after the
+//! snapshot. Memory: about 15 bits per stored key (28 MB for 10M keyed events), twice that
+//! while a rebuild runs.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 
 use rusqlite::{Connection, OptionalExtension};
 
 use super::index_keys::hash_part;
+use super::open_connection;
 use crate::error::{Context, StoreError};
 
 /// Bits per key the filter is sized for, and probes per key: a false-positive rate of
@@ -25,34 +32,25 @@ const PROBES: u64 = 10;
 /// Smallest capacity (keys); 120 KiB.
 const MIN_CAPACITY: u64 = 1 << 16;
 
-pub(crate) struct IdempotencyFilter {
-    bits: Vec<u64>,
-    /// Keys it was sized for; past that it is rebuilt larger.
+/// The Bloom filter itself.
+struct KeyBits {
+    words: Vec<u64>,
+    /// Keys it was sized for; past that a larger one is built.
     capacity: u64,
-    /// Keys added since it was built.
+    /// Keys added.
     len: u64,
-    /// Every stored event numbered up to this has its key in the filter; `None` until built.
-    seen_through: Option<u64>,
 }
 
-impl IdempotencyFilter {
-    /// A filter not built yet: the first [`Self::catch_up`] builds it.
-    pub fn new() -> Self {
-        Self {
-            bits: Vec::new(),
-            capacity: 0,
-            len: 0,
-            seen_through: None,
-        }
-    }
+/// A filter built from a snapshot: its bits and the newest event number the snapshot held.
+type Snapshot = Result<(KeyBits, u64), StoreError>;
 
+impl KeyBits {
     fn sized_for(capacity: u64) -> Self {
         let words = (capacity * BITS_PER_KEY).div_ceil(64).max(1);
         Self {
-            bits: vec![0; words as usize],
+            words: vec![0; words as usize],
             capacity,
             len: 0,
-            seen_through: None,
         }
     }
 
@@ -64,89 +62,27 @@ impl IdempotencyFilter {
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         x ^= x >> 31;
         let (h1, h2) = (x & 0xffff_ffff, (x >> 32) | 1);
-        let m = self.bits.len() as u64 * 64;
+        let m = self.words.len() as u64 * 64;
         (0..PROBES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
     }
 
     fn add(&mut self, key: i64) {
         for p in self.positions(key) {
-            self.bits[p / 64] |= 1 << (p % 64);
+            self.words[p / 64] |= 1 << (p % 64);
         }
         self.len += 1;
     }
 
-    /// False: no stored event has this idempotency key (`key` as stored, any epoch).
-    /// True: one may have.
-    pub fn may_contain(&self, key: i64) -> bool {
-        if self.seen_through.is_none() {
-            return true;
-        }
+    fn may_contain(&self, key: i64) -> bool {
         self.positions(key)
-            .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+            .all(|p| self.words[p / 64] & (1 << (p % 64)) != 0)
     }
 
-    /// Notes that event `seq` was recorded with idempotency key `key` (stored form) on the
-    /// writer's connection.
-    pub fn record(&mut self, seq: u64, key: Option<i64>) {
-        if self.seen_through.is_none() {
-            // Not built: the build will read this event from the database.
-            return;
-        }
-        if let Some(key) = key {
-            self.add(key);
-        }
-        self.seen_through = Some(self.seen_through.map_or(seq, |s| s.max(seq)));
-    }
-
-    /// The newest event number whose key is in the filter (`None`: not built).
-    pub fn seen_through(&self) -> Option<u64> {
-        self.seen_through
-    }
-
-    /// Puts back what [`Self::seen_through`] said, for writes that were rolled back (their
-    /// keys stay in as false positives; the numbers they used may be used again).
-    pub fn rewind(&mut self, seen_through: Option<u64>) {
-        self.seen_through = seen_through;
-    }
-
-    /// Brings the filter up to every event stored (run inside the write transaction, before
-    /// an ingest job looks keys up): builds it if it is not built or full, else adds the
-    /// keys of events recorded since it last looked.
-    pub fn catch_up(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        let newest: u64 = conn
-            .prepare_cached("SELECT max(seq) FROM events")
-            .context("preparing the newest event read")?
-            .query_row([], |r| r.get::<_, Option<i64>>(0))
-            .optional()
-            .context("reading the newest event number")?
-            .flatten()
-            .map_or(0, |n| n as u64);
-        match self.seen_through {
-            Some(seen) if self.len <= self.capacity => {
-                if newest > seen {
-                    let mut read = conn
-                        .prepare_cached(
-                            "SELECT idempotency_hash FROM events
-                             WHERE seq > ?1 AND idempotency_hash IS NOT NULL",
-                        )
-                        .context("preparing the idempotency catch-up")?;
-                    let keys = read
-                        .query_map([seen as i64], |r| r.get::<_, i64>(0))
-                        .context("reading idempotency keys recorded elsewhere")?;
-                    for key in keys {
-                        self.add(key.context("reading an idempotency key")?);
-                    }
-                }
-            }
-            _ => *self = Self::build(conn)?,
-        }
-        self.seen_through = Some(newest.max(self.seen_through.unwrap_or(0)));
-        Ok(())
-    }
-
-    /// A filter of every idempotency key stored, with room for half as many more.
-    fn build(conn: &Connection) -> Result<Self, StoreError> {
+    /// A filter of every idempotency key `conn` sees, with room for half as many more, and
+    /// the newest event number it saw. Consistent when `conn` is inside a transaction.
+    fn scan(conn: &Connection, min_capacity: u64) -> Snapshot {
         let started = std::time::Instant::now();
+        let newest = newest_seq(conn)?;
         let stored: u64 = conn
             .query_row(
                 "SELECT count(*) FROM events INDEXED BY events_by_idempotency
@@ -155,7 +91,7 @@ impl IdempotencyFilter {
                 |r| r.get::<_, i64>(0),
             )
             .context("counting idempotency keys")? as u64;
-        let mut filter = Self::sized_for((stored + stored / 2).max(MIN_CAPACITY));
+        let mut bits = Self::sized_for((stored + stored / 2).max(min_capacity));
         let mut read = conn
             .prepare(
                 "SELECT idempotency_hash FROM events INDEXED BY events_by_idempotency
@@ -166,17 +102,174 @@ impl IdempotencyFilter {
             .query_map([], |r| r.get::<_, i64>(0))
             .context("scanning idempotency keys")?;
         for key in keys {
-            filter.add(key.context("reading an idempotency key")?);
+            bits.add(key.context("reading an idempotency key")?);
         }
-        filter.len = stored;
-        tracing::debug!(
-            keys = stored,
-            capacity = filter.capacity,
-            bytes = filter.bits.len() * 8,
+        tracing::info!(
+            keys = bits.len,
+            capacity = bits.capacity,
+            bytes = bits.words.len() * 8,
             ms = started.elapsed().as_millis() as u64,
             "built the idempotency key filter"
         );
-        Ok(filter)
+        Ok((bits, newest))
+    }
+
+    /// [`Self::scan`] on a connection of its own, in one read transaction (a snapshot).
+    fn scan_file(path: PathBuf, min_capacity: u64) -> Snapshot {
+        let conn = open_connection(&path)?;
+        conn.execute_batch("BEGIN")
+            .context("starting the filter's read")?;
+        let scanned = Self::scan(&conn, min_capacity)?;
+        conn.execute_batch("COMMIT")
+            .context("ending the filter's read")?;
+        Ok(scanned)
+    }
+}
+
+/// The newest event number stored (0 if none).
+fn newest_seq(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT max(seq) FROM events")
+        .context("preparing the newest event read")?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))
+        .optional()
+        .context("reading the newest event number")?
+        .flatten()
+        .map_or(0, |n| n as u64))
+}
+
+pub(crate) struct IdempotencyFilter {
+    /// `None` until the first [`Self::catch_up`].
+    bits: Option<KeyBits>,
+    /// Every stored event numbered up to this has its key in `bits`.
+    seen_through: u64,
+    min_capacity: u64,
+    /// A larger filter being built on another thread.
+    rebuild: Option<Receiver<Snapshot>>,
+}
+
+impl IdempotencyFilter {
+    /// A filter not built yet: the first [`Self::catch_up`] builds it.
+    pub fn new() -> Self {
+        Self::with_min_capacity(MIN_CAPACITY)
+    }
+
+    fn with_min_capacity(min_capacity: u64) -> Self {
+        Self {
+            bits: None,
+            seen_through: 0,
+            min_capacity,
+            rebuild: None,
+        }
+    }
+
+    /// False: no stored event has this idempotency key (`key` as stored, any epoch).
+    /// True: one may have.
+    pub fn may_contain(&self, key: i64) -> bool {
+        self.bits.as_ref().is_none_or(|bits| bits.may_contain(key))
+    }
+
+    /// Notes that event `seq` was recorded with idempotency key `key` (stored form) on the
+    /// writer's connection, after [`Self::catch_up`].
+    pub fn record(&mut self, seq: u64, key: Option<i64>) {
+        let Some(bits) = &mut self.bits else {
+            // Not built: the build will read this event from the database.
+            return;
+        };
+        if let Some(key) = key {
+            bits.add(key);
+        }
+        self.seen_through = self.seen_through.max(seq);
+    }
+
+    /// The newest event number whose key is in the filter.
+    pub fn seen_through(&self) -> u64 {
+        self.seen_through
+    }
+
+    /// Puts back what [`Self::seen_through`] said, for writes that were rolled back (their
+    /// keys stay in as false positives; the numbers they used may be used again).
+    pub fn rewind(&mut self, seen_through: u64) {
+        self.seen_through = seen_through;
+    }
+
+    /// Whether a rebuild is running.
+    #[cfg(test)]
+    fn rebuilding(&self) -> bool {
+        self.rebuild.is_some()
+    }
+
+    /// Brings the filter up to every event stored (run inside the write transaction, before
+    /// an ingest job looks keys up): builds it on first use, takes a finished rebuild, adds
+    /// the keys of events recorded since it last looked, and starts a rebuild when full.
+    pub fn catch_up(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        if self.bits.is_none() {
+            let (bits, newest) = KeyBits::scan(conn, self.min_capacity)?;
+            self.bits = Some(bits);
+            self.seen_through = newest;
+        }
+        if let Some(rebuild) = &self.rebuild {
+            match rebuild.try_recv() {
+                Ok(Ok((bits, newest))) => {
+                    // Events after the snapshot are read below.
+                    self.bits = Some(bits);
+                    self.seen_through = newest;
+                    self.rebuild = None;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "rebuilding the idempotency key filter failed; keeping the old one");
+                    self.rebuild = None;
+                }
+                Err(TryRecvError::Disconnected) => self.rebuild = None,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        let Some(bits) = &mut self.bits else {
+            return Ok(());
+        };
+        let newest = newest_seq(conn)?;
+        if newest > self.seen_through {
+            let mut read = conn
+                .prepare_cached(
+                    "SELECT idempotency_hash FROM events
+                     WHERE seq > ?1 AND idempotency_hash IS NOT NULL",
+                )
+                .context("preparing the idempotency catch-up")?;
+            let keys = read
+                .query_map([self.seen_through as i64], |r| r.get::<_, i64>(0))
+                .context("reading idempotency keys recorded since the filter looked")?;
+            for key in keys {
+                bits.add(key.context("reading an idempotency key")?);
+            }
+            self.seen_through = newest;
+        }
+        if bits.len > bits.capacity && self.rebuild.is_none() {
+            let path = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from);
+            match path {
+                Some(path) => {
+                    let (done, rebuild) = mpsc::channel();
+                    let min_capacity = self.min_capacity;
+                    std::thread::Builder::new()
+                        .name("tidings-idempotency-filter".into())
+                        .spawn(move || {
+                            let _ = done.send(KeyBits::scan_file(path, min_capacity));
+                        })
+                        .map_err(|e| {
+                            StoreError::Write(format!(
+                                "starting the idempotency filter rebuild: {e}"
+                            ))
+                        })?;
+                    self.rebuild = Some(rebuild);
+                }
+                // A database without a file: rebuild here.
+                None => {
+                    let (bits, newest) = KeyBits::scan(conn, self.min_capacity)?;
+                    self.bits = Some(bits);
+                    self.seen_through = newest;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -184,33 +277,29 @@ impl IdempotencyFilter {
 mod tests {
     use super::*;
     use crate::sqlite::index_keys::{epoch_key, index_key};
+    use crate::sqlite::test_support::{ORG, ingest};
+    use crate::sqlite::{DATABASE_FILE, SqliteStore};
 
     #[test]
     fn a_key_added_is_always_found_in_any_epoch() {
-        let mut filter = IdempotencyFilter::sized_for(1_000);
-        filter.seen_through = Some(0);
+        let mut bits = KeyBits::sized_for(1_000);
         for i in 0..1_000u64 {
-            filter.record(
-                i + 1,
-                Some(epoch_key(i % 7, index_key(&["ORG", &i.to_string()]))),
-            );
+            bits.add(epoch_key(i % 7, index_key(&["ORG", &i.to_string()])));
         }
         for i in 0..1_000u64 {
             let hash = index_key(&["ORG", &i.to_string()]);
-            assert!(filter.may_contain(epoch_key(i % 7 + 3, hash)), "key {i}");
+            assert!(bits.may_contain(epoch_key(i % 7 + 3, hash)), "key {i}");
         }
-        assert_eq!(filter.seen_through(), Some(1_000));
     }
 
     #[test]
     fn keys_never_added_are_rarely_reported() {
-        let mut filter = IdempotencyFilter::sized_for(10_000);
-        filter.seen_through = Some(0);
+        let mut bits = KeyBits::sized_for(10_000);
         for i in 0..10_000u64 {
-            filter.record(i + 1, Some(index_key(&["ORG", &format!("in-{i}")])));
+            bits.add(index_key(&["ORG", &format!("in-{i}")]));
         }
         let false_positives = (0..100_000u64)
-            .filter(|i| filter.may_contain(index_key(&["ORG", &format!("out-{i}")])))
+            .filter(|i| bits.may_contain(index_key(&["ORG", &format!("out-{i}")])))
             .count();
         // Sized for 0.08 % when full; allow twice that.
         assert!(false_positives < 160, "{false_positives} of 100,000");
@@ -219,5 +308,62 @@ mod tests {
     #[test]
     fn a_filter_not_built_says_maybe() {
         assert!(IdempotencyFilter::new().may_contain(index_key(&["ORG", "k"])));
+    }
+
+    async fn ingest_keyed(store: &SqliteStore, keys: std::ops::Range<u32>) {
+        let events: Vec<String> = keys
+            .map(|i| {
+                format!(
+                    r#"{{"type":"invoice.paid","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}},"idempotency_key":"k{i}"}}"#
+                )
+            })
+            .collect();
+        ingest(store, &format!(r#"{{"events":[{}]}}"#, events.join(","))).await;
+    }
+
+    /// A full filter is rebuilt larger on another thread; until then the old one answers,
+    /// and events recorded while it ran are added when it is taken.
+    #[tokio::test]
+    async fn a_full_filter_is_rebuilt_without_losing_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        ingest_keyed(&store, 0..300).await;
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        let mut filter = IdempotencyFilter::with_min_capacity(16);
+        filter.catch_up(&conn).unwrap();
+        assert_eq!(filter.bits.as_ref().unwrap().capacity, 450);
+        assert!(!filter.rebuilding());
+
+        // Past capacity: a rebuild starts; more events arrive while it runs.
+        ingest_keyed(&store, 300..500).await;
+        filter.catch_up(&conn).unwrap();
+        assert!(filter.rebuilding());
+        // Let the rebuild finish first, so that its snapshot surely lacks the next events.
+        let finished = filter.rebuild.take().unwrap().recv().unwrap();
+        ingest_keyed(&store, 500..520).await;
+        // The old filter learns of them (as the writer's own events) before the swap.
+        let recorded: Vec<(i64, i64)> = conn
+            .prepare("SELECT seq, idempotency_hash FROM events WHERE seq > 500")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        for (seq, key) in recorded {
+            filter.record(seq as u64, Some(key));
+        }
+        assert_eq!(filter.seen_through(), 520);
+        let (send, receive) = mpsc::channel();
+        send.send(finished).unwrap();
+        filter.rebuild = Some(receive);
+        filter.catch_up(&conn).unwrap();
+        assert!(!filter.rebuilding());
+        let bits = filter.bits.as_ref().unwrap();
+        assert!(bits.capacity >= 750, "capacity {}", bits.capacity);
+        assert_eq!(filter.seen_through(), 520);
+        for i in 0..520 {
+            let key = index_key(&[ORG, &format!("k{i}")]);
+            assert!(filter.may_contain(key), "k{i}");
+        }
     }
 }

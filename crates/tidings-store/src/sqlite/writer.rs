@@ -119,7 +119,7 @@ pub(crate) struct WriterCtx<'a> {
 struct Snapshot {
     ids: HashMap<&'static str, u64>,
     learnt_workspaces: HashMap<String, String>,
-    idempotency_seen: Option<u64>,
+    idempotency_seen: u64,
 }
 
 impl WriterCtx<'_> {
