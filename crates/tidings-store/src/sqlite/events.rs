@@ -7,8 +7,9 @@
 //! with `seq`.
 //!
 //! The type, subject, actor and workspace keys carry their event's epoch (index_keys.rs):
-//! such a walk is one probe per epoch, newest first for `desc`, each bounded to the
-//! epoch's events, until the page is full. A walk of the organization index is one probe.
+//! such a walk probes the epochs in the page's order, each bounded to its own events, the
+//! first alone and then in widening groups (`EpochGroups`), until the page is full. A walk
+//! of the organization index is one probe.
 
 use std::rc::Rc;
 
@@ -75,6 +76,15 @@ fn stored_seq_range(conn: &Connection) -> Result<Option<(u64, u64)>, StoreError>
     Ok(first.zip(last).map(|(f, l)| (f as u64, l as u64)))
 }
 
+/// Part of a walk: the event numbers `[lo, hi)` of one epoch (all of them, in epoch 0, for
+/// an index without epochs).
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    lo: u64,
+    hi: u64,
+    epoch: u64,
+}
+
 /// Most epochs a grouped probe covers.
 const MAX_EPOCH_GROUP: usize = 256;
 
@@ -84,12 +94,12 @@ const MAX_EPOCH_GROUP: usize = 256;
 /// probing each of its epochs, whose few rows are sorted. A group reads at most about as
 /// many rows as the groups before it found too few of.
 struct EpochGroups {
-    pieces: std::vec::IntoIter<(u64, u64, u64)>,
+    pieces: std::vec::IntoIter<Piece>,
     next_size: usize,
 }
 
 impl EpochGroups {
-    fn new(pieces: Vec<(u64, u64, u64)>) -> Self {
+    fn new(pieces: Vec<Piece>) -> Self {
         Self {
             pieces: pieces.into_iter(),
             next_size: 1,
@@ -98,7 +108,7 @@ impl EpochGroups {
 }
 
 impl Iterator for EpochGroups {
-    type Item = Vec<(u64, u64, u64)>;
+    type Item = Vec<Piece>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let group: Vec<_> = self.pieces.by_ref().take(self.next_size).collect();
@@ -107,17 +117,20 @@ impl Iterator for EpochGroups {
     }
 }
 
-/// The `seq` ranges a walk probes, in the page's order: `[lo, hi)` whole, or cut at epoch
-/// boundaries (with each piece's epoch).
-fn probes(
+/// The pieces of a walk over `[lo, hi)`, in the page's order: one, or one per epoch.
+fn pieces(
     conn: &Connection,
     lo: u64,
     hi: Option<u64>,
     epochs: bool,
     order: Order,
-) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+) -> Result<Vec<Piece>, StoreError> {
     if !epochs {
-        return Ok(vec![(lo, hi.unwrap_or(i64::MAX as u64), 0)]);
+        return Ok(vec![Piece {
+            lo,
+            hi: hi.unwrap_or(i64::MAX as u64),
+            epoch: 0,
+        }]);
     }
     let Some((first, last)) = stored_seq_range(conn)? else {
         return Ok(Vec::new());
@@ -127,10 +140,14 @@ fn probes(
     if hi <= lo {
         return Ok(Vec::new());
     }
-    let mut pieces: Vec<(u64, u64, u64)> = (epoch_of(lo)..=epoch_of(hi - 1))
+    let mut pieces: Vec<Piece> = (epoch_of(lo)..=epoch_of(hi - 1))
         .map(|epoch| {
             let (start, end) = epoch_range(epoch);
-            (start.max(lo), end.min(hi), epoch)
+            Piece {
+                lo: start.max(lo),
+                hi: end.min(hi),
+                epoch,
+            }
         })
         .collect();
     if order == Order::Desc {
@@ -341,12 +358,12 @@ pub(crate) fn list_events(
 
     let mut args = query.args().to_vec();
     let mut items = Vec::with_capacity(fetch);
-    for group in EpochGroups::new(probes(conn, lo, hi, epochs, page.order)?) {
+    for group in EpochGroups::new(pieces(conn, lo, hi, epochs, page.order)?) {
         let (Some(first), Some(last)) = (group.first(), group.last()) else {
             continue;
         };
         // Pieces are consecutive: the group spans from the lower start to the higher end.
-        let (lo, hi) = (first.0.min(last.0), first.1.max(last.1));
+        let (lo, hi) = (first.lo.min(last.lo), first.hi.max(last.hi));
         args[lo_slot] = Value::Integer(lo as i64);
         args[hi_slot] = Value::Integer(hi.min(i64::MAX as u64) as i64);
         args[limit_slot] = Value::Integer((fetch - items.len()) as i64);
@@ -354,7 +371,7 @@ pub(crate) fn list_events(
         for &(key_slot, hash) in &keys {
             if group.len() == 1 {
                 let key = if epochs {
-                    epoch_key(first.2, hash)
+                    epoch_key(first.epoch, hash)
                 } else {
                     hash
                 };
@@ -362,7 +379,7 @@ pub(crate) fn list_events(
             } else {
                 let keys = group
                     .iter()
-                    .map(|piece| Value::Integer(epoch_key(piece.2, hash)))
+                    .map(|piece| Value::Integer(epoch_key(piece.epoch, hash)))
                     .collect();
                 arrays.push((key_slot, Rc::new(keys)));
             }
@@ -535,11 +552,11 @@ pub(crate) fn insert_events(
             let hash = index_key(&[org, key]);
             if ctx.idempotency.may_contain(hash) {
                 let mut existing = None;
-                for group in EpochGroups::new(probes(conn, 0, None, true, Order::Desc)?) {
+                for group in EpochGroups::new(pieces(conn, 0, None, true, Order::Desc)?) {
                     let keys: Array = Rc::new(
                         group
                             .iter()
-                            .map(|piece| Value::Integer(epoch_key(piece.2, hash)))
+                            .map(|piece| Value::Integer(epoch_key(piece.epoch, hash)))
                             .collect(),
                     );
                     existing = find_key
