@@ -67,6 +67,41 @@ async fn payload_keys_keep_the_producers_order() {
     assert_eq!(payload, r#"{"zeta":1,"alpha":{"y":2,"b":3}}"#);
 }
 
+/// The payload is served as sent, minus whitespace: numbers keep their spelling, and an
+/// integer past 64 bits is not rounded into a float.
+#[tokio::test]
+async fn payload_numbers_and_escapes_are_served_as_sent() {
+    let app = TestApp::spawn().await;
+    let body = r#"{"type":"invoice.paid","organization_id":"ORG-26-090500","actor":{"type":"system","id":"billing"},"subject":{"type":"invoice","id":"INV-1"},
+        "payload": {
+            "amount": 12345678901234567890123,
+            "rate": 1.50,
+            "note": "a  \"quoted\"\tnote \u00e9"
+        }}"#;
+    let (status, recorded) = app
+        .ingest_raw(app.ingest_key(), "application/json", body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{recorded}");
+    let id = recorded["data"][0]["id"].as_str().unwrap();
+    let key = app.org_key(ORG, &[Scope::EventsRead]).await;
+    let text = app
+        .client
+        .get(format!("{}/v1/events/{id}", app.public))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#""payload":{"amount":12345678901234567890123,"rate":1.50,"note":"a  \"quoted\"\tnote \u00e9"}"#
+        ),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn batches_keep_input_order_and_ids_increase() {
     let app = TestApp::spawn().await;
