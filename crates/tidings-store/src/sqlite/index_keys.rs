@@ -21,9 +21,9 @@
 //! page per event per index. Those keys now start with the event's epoch (its number
 //! divided by [`EVENTS_PER_EPOCH`]) in the top 24 bits, above 40 bits of the hash: every
 //! new entry lands in the newest epoch's slice of its index, a few hundred pages that the
-//! next commits touch again. Queries walk the epochs one by one, newest first for `desc`
-//! (see events.rs); the organization index needs no epochs (its ~100 insertion points are
-//! hot already). After 2^24 epochs the prefix wraps; every epoch walk also bounds `seq` to
+//! next commits touch again. Queries walk the epochs in the page's order, the first alone
+//! and then in widening groups (see events.rs); the organization index needs no epochs (its
+//! ~100 insertion points are hot already). After 2^24 epochs the prefix wraps; every epoch walk also bounds `seq` to
 //! the epoch's own range, so a wrapped prefix costs rows read, never a wrong answer.
 
 use rusqlite::Connection;
