@@ -165,6 +165,9 @@ pub struct BenchReport {
     /// Events/s of the batch-1,000 scenario divided by the baseline's.
     pub batch_1000_to_baseline: Option<f64>,
     pub query: Vec<QueryResult>,
+    /// Peak resident memory of the bench process while the loaded store answered the
+    /// queries (VmHWM, reset before them): the server, its store and the bench's client.
+    pub query_peak_memory_bytes: Option<u64>,
     pub storage: Option<StorageResult>,
     pub delivery: DeliveryReport,
     /// Peak resident memory of the bench process (VmHWM), when the platform reports it.
@@ -177,6 +180,9 @@ struct StoreFigures {
     baseline: BaselineResult,
     batch_1000_to_baseline: f64,
     query: Vec<QueryResult>,
+    /// VmHWM before the queries (their reset clears it).
+    peak_before_queries: Option<u64>,
+    query_peak_memory_bytes: Option<u64>,
     storage: StorageResult,
 }
 
@@ -371,20 +377,26 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     // waiting for their timeout when they finish, and must not disturb another scenario.
     let peak_before_delivery = peak_memory_bytes();
     let delivery = delivery_scenarios(work.path(), args).await?;
-    let peak_memory_bytes = match (peak_before_delivery, delivery.peak_memory_bytes) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    let (ingest, baseline, batch_1000_to_baseline, query, storage) = match store {
-        Some(f) => (
-            f.ingest,
-            Some(f.baseline),
-            Some(f.batch_1000_to_baseline),
-            f.query,
-            Some(f.storage),
-        ),
-        None => (Vec::new(), None, None, Vec::new(), None),
-    };
+    let peaks_before_queries = store
+        .as_ref()
+        .map(|f| [f.peak_before_queries, f.query_peak_memory_bytes]);
+    let peak_memory_bytes = [peak_before_delivery, delivery.peak_memory_bytes]
+        .into_iter()
+        .chain(peaks_before_queries.into_iter().flatten())
+        .flatten()
+        .max();
+    let (ingest, baseline, batch_1000_to_baseline, query, query_peak_memory_bytes, storage) =
+        match store {
+            Some(f) => (
+                f.ingest,
+                Some(f.baseline),
+                Some(f.batch_1000_to_baseline),
+                f.query,
+                f.query_peak_memory_bytes,
+                Some(f.storage),
+            ),
+            None => (Vec::new(), None, None, Vec::new(), None, None),
+        };
     Ok(BenchReport {
         settings: Settings {
             store: if args.database_url.is_some() {
@@ -404,6 +416,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         baseline,
         batch_1000_to_baseline,
         query,
+        query_peak_memory_bytes,
         storage,
         delivery,
         peak_memory_bytes,
@@ -483,7 +496,16 @@ async fn store_scenarios_in(
             .await
             .context("the ANALYZE thread failed")??;
     }
+    // Peak memory while querying (issue 6: "RSS under 300 MiB while querying a 10M
+    // store"): the peak so far is kept, then VmHWM is reset for the queries alone.
+    let peak_before_queries = peak_memory_bytes();
+    let peak_reset = reset_peak_memory();
     let query = query_shapes(&server, args, load_started, load_finished).await?;
+    let query_peak_memory_bytes = if peak_reset {
+        peak_memory_bytes()
+    } else {
+        None
+    };
     server.shutdown().await;
 
     let (baseline, baseline_sizes) = {
@@ -502,6 +524,8 @@ async fn store_scenarios_in(
         ingest,
         baseline,
         query,
+        peak_before_queries,
+        query_peak_memory_bytes,
         storage: StorageResult {
             events: args.events,
             bytes: sizes.total(),
@@ -1936,6 +1960,13 @@ fn render_store(
             out,
             "{:<40} {:>5} {:>9.2} {:>9.2} {:>9.2}",
             q.description, q.rows, q.latency_ms.p50, q.latency_ms.p99, q.latency_ms.max
+        );
+    }
+    if let Some(b) = r.query_peak_memory_bytes {
+        let _ = writeln!(
+            out,
+            "peak memory while querying (VmHWM, whole bench process, reset before the queries): {} MiB",
+            grouped(b / (1024 * 1024))
         );
     }
     if postgres {

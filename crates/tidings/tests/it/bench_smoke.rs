@@ -170,7 +170,9 @@ fn bench_runs_every_scenario_and_reports_json() {
             > 0.0
     );
     if cfg!(target_os = "linux") {
-        assert!(report["peak_memory_bytes"].as_u64().unwrap() > 0);
+        let whole = report["peak_memory_bytes"].as_u64().unwrap();
+        let querying = report["query_peak_memory_bytes"].as_u64().unwrap();
+        assert!(querying > 0 && querying <= whole, "{querying} of {whole}");
     }
     check_delivery(&report);
     assert_eq!(
