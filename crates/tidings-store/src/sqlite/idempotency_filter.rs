@@ -81,8 +81,6 @@ impl KeyBits {
     /// A filter of every idempotency key `conn` sees, with room for half as many more, and
     /// the newest event number it saw. Consistent when `conn` is inside a transaction.
     fn scan(conn: &Connection, min_capacity: u64) -> Snapshot {
-        let started = std::time::Instant::now();
-        let newest = newest_seq(conn)?;
         let stored: u64 = conn
             .query_row(
                 "SELECT count(*) FROM events INDEXED BY events_by_idempotency
@@ -91,7 +89,17 @@ impl KeyBits {
                 |r| r.get::<_, i64>(0),
             )
             .context("counting idempotency keys")? as u64;
-        let mut bits = Self::sized_for((stored + stored / 2).max(min_capacity));
+        Self::fill(
+            conn,
+            Self::sized_for((stored + stored / 2).max(min_capacity)),
+        )
+    }
+
+    /// Adds every idempotency key `conn` sees to `bits` (empty); returns them with the newest
+    /// event number it saw.
+    fn fill(conn: &Connection, mut bits: Self) -> Snapshot {
+        let started = std::time::Instant::now();
+        let newest = newest_seq(conn)?;
         let mut read = conn
             .prepare(
                 "SELECT idempotency_hash FROM events INDEXED BY events_by_idempotency
@@ -114,15 +122,16 @@ impl KeyBits {
         Ok((bits, newest))
     }
 
-    /// [`Self::scan`] on a connection of its own, in one read transaction (a snapshot).
-    fn scan_file(path: PathBuf, min_capacity: u64) -> Snapshot {
+    /// [`Self::fill`] on a connection of its own, in one read transaction (a snapshot).
+    fn fill_from_file(path: PathBuf, bits: Self) -> Snapshot {
         let conn = open_connection(&path)?;
-        conn.execute_batch("BEGIN")
+        // One pass in index order reads each page once: a small cache will do.
+        conn.execute_batch("PRAGMA cache_size = -1024; BEGIN")
             .context("starting the filter's read")?;
-        let scanned = Self::scan(&conn, min_capacity)?;
+        let filled = Self::fill(&conn, bits)?;
         conn.execute_batch("COMMIT")
             .context("ending the filter's read")?;
-        Ok(scanned)
+        Ok(filled)
     }
 }
 
@@ -248,11 +257,14 @@ impl IdempotencyFilter {
             match path {
                 Some(path) => {
                     let (done, rebuild) = mpsc::channel();
-                    let min_capacity = self.min_capacity;
+                    // Allocated by the writer, which also frees the old filter: memory that
+                    // a short-lived thread allocates and another frees can stay resident.
+                    let fresh =
+                        KeyBits::sized_for((bits.len + bits.len / 2).max(self.min_capacity));
                     std::thread::Builder::new()
                         .name("tidings-idempotency-filter".into())
                         .spawn(move || {
-                            let _ = done.send(KeyBits::scan_file(path, min_capacity));
+                            let _ = done.send(KeyBits::fill_from_file(path, fresh));
                         })
                         .map_err(|e| {
                             StoreError::Write(format!(
