@@ -65,7 +65,7 @@ enum Walk<'a> {
 }
 
 /// The oldest and newest event numbers stored, if any.
-fn stored_seq_range(conn: &Connection) -> Result<Option<(u64, u64)>, StoreError> {
+pub(crate) fn stored_seq_range(conn: &Connection) -> Result<Option<(u64, u64)>, StoreError> {
     let (first, last) = conn
         .prepare_cached("SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events)")
         .context("preparing the event number range read")?

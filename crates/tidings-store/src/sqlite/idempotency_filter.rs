@@ -19,8 +19,9 @@
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
+use super::events::stored_seq_range;
 use super::index_keys::hash_part;
 use super::open_connection;
 use crate::error::{Context, StoreError};
@@ -137,14 +138,7 @@ impl KeyBits {
 
 /// The newest event number stored (0 if none).
 fn newest_seq(conn: &Connection) -> Result<u64, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT max(seq) FROM events")
-        .context("preparing the newest event read")?
-        .query_row([], |r| r.get::<_, Option<i64>>(0))
-        .optional()
-        .context("reading the newest event number")?
-        .flatten()
-        .map_or(0, |n| n as u64))
+    Ok(stored_seq_range(conn)?.map_or(0, |(_, newest)| newest))
 }
 
 pub(crate) struct IdempotencyFilter {
