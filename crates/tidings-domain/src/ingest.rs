@@ -103,7 +103,7 @@ fn json_error(e: serde_json::Error, line: Option<usize>) -> IngestError {
 /// One event as sent: its fields in order, each value still JSON text; or, if it is not an
 /// object, what it is instead.
 enum RawEvent<'a> {
-    Fields(Vec<(Cow<'a, str>, &'a RawValue)>),
+    Fields(Vec<(String, &'a RawValue)>),
     NotObject(&'static str),
 }
 
@@ -117,7 +117,7 @@ impl<'de> Deserialize<'de> for RawEvent<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(field) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                while let Some(field) = map.next_entry::<String, &'de RawValue>()? {
                     fields.push(field);
                 }
                 Ok(RawEvent::Fields(fields))
@@ -181,7 +181,7 @@ fn split_json(body: &[u8]) -> Result<Vec<RawEvent<'_>>, IngestError> {
     };
     let other: Vec<&str> = fields
         .iter()
-        .map(|(k, _)| k.as_ref())
+        .map(|(k, _)| k.as_str())
         .filter(|k| *k != "events")
         .collect();
     if !other.is_empty() {
@@ -283,7 +283,7 @@ fn validate_event(
         }
         match serde_json::from_str::<Value>(value.get()) {
             Ok(v) => {
-                obj.insert(key.into_owned(), v);
+                obj.insert(key, v);
             }
             Err(e) => problem(&key, format!("cannot be read: {e}")),
         }
