@@ -662,6 +662,27 @@ mod tests {
         assert_eq!(events[0].payload.get(), r#"{"second":true}"#);
     }
 
+    /// SPEC §4: "at most 64 KiB serialized". The payload is stored without whitespace
+    /// outside strings, so that is what the limit counts.
+    #[test]
+    fn the_payload_limit_counts_the_payload_as_stored() {
+        let blob = "x".repeat(MAX_PAYLOAD_BYTES - 20);
+        let padded = format!("{{{}\"blob\": \"{blob}\"}}", " ".repeat(100));
+        let with = |payload: &str| {
+            let e = good().to_string();
+            let body = format!(r#"{},"payload":{payload}}}"#, &e[..e.len() - 1]);
+            parse_ingest_body(body.as_bytes(), IngestFormat::Json, &Catalog::builtin())
+        };
+        assert!(padded.len() > MAX_PAYLOAD_BYTES);
+        let stored = with(&padded).unwrap();
+        assert_eq!(stored[0].payload.get(), format!(r#"{{"blob":"{blob}"}}"#));
+        let over = format!(r#"{{"blob": "{blob}{}"}}"#, "y".repeat(40));
+        let Err(IngestError::Invalid(p)) = with(&over) else {
+            panic!("a payload over the limit once compacted must be refused")
+        };
+        assert_eq!(p[0].field, "payload");
+    }
+
     #[test]
     fn idempotency_key_is_bounded() {
         let mut e = good();
