@@ -16,6 +16,7 @@
 //! them with their deliveries.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient, Row, Transaction};
@@ -30,6 +31,7 @@ use tidings_domain::audit::AuditContext;
 
 use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
 use super::list_query::ListQuery;
+use super::statements::Statements;
 use super::webhooks::{find, newest_event_seq};
 use super::writer::WriterCtx;
 use crate::audit_entries;
@@ -222,21 +224,23 @@ pub(crate) fn fan_out(
 /// event is gone, or the delivery itself).
 fn claimed_all(
     c: &mut impl GenericClient,
+    statements: &mut Statements,
     seqs: &[i64],
     now: DateTime<Utc>,
 ) -> Result<(Vec<ClaimedDelivery>, Vec<i64>), StoreError> {
     if seqs.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
+    let read = statements.get(
+        c,
+        "SELECT d.seq, d.webhook_seq, w.org, w.url, w.created_at, d.event_seq, d.event_type,
+                d.next_trigger, d.attempt_count, d.final_on_failure, w.failing_since,
+                d.created_at
+         FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq
+         WHERE d.seq = ANY($1)",
+    )?;
     let rows = c
-        .query(
-            "SELECT d.seq, d.webhook_seq, w.org, w.url, w.created_at, d.event_seq, d.event_type,
-                    d.next_trigger, d.attempt_count, d.final_on_failure, w.failing_since,
-                    d.created_at
-             FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq
-             WHERE d.seq = ANY($1)",
-            &[&seqs],
-        )
+        .query(&read, &[&seqs])
         .context("reading claimed deliveries")?;
     let by_seq: HashMap<i64, &postgres::Row> = rows.iter().map(|r| (r.get(0), r)).collect();
     let event_seqs: Vec<i64> = rows
@@ -245,11 +249,9 @@ fn claimed_all(
         .collect();
     let mut events: HashMap<i64, Event> = HashMap::new();
     if !event_seqs.is_empty() {
+        let read = statements.get(c, &CLAIMED_EVENTS)?;
         for r in c
-            .query(
-                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1)"),
-                &[&event_seqs],
-            )
+            .query(&read, &[&event_seqs])
             .context("reading the deliveries' events")?
         {
             let e = event_from_row(&r)?;
@@ -260,13 +262,14 @@ fn claimed_all(
     webhooks.sort_unstable();
     webhooks.dedup();
     let mut secrets: HashMap<i64, Vec<SigningSecret>> = HashMap::new();
+    let read = statements.get(
+        c,
+        "SELECT webhook_seq, secret FROM webhook_secrets
+         WHERE webhook_seq = ANY($1) AND (expires_at IS NULL OR expires_at > $2)
+         ORDER BY webhook_seq, expires_at IS NULL DESC, created_at DESC",
+    )?;
     for r in c
-        .query(
-            "SELECT webhook_seq, secret FROM webhook_secrets
-             WHERE webhook_seq = ANY($1) AND (expires_at IS NULL OR expires_at > $2)
-             ORDER BY webhook_seq, expires_at IS NULL DESC, created_at DESC",
-            &[&webhooks, &now.timestamp()],
-        )
+        .query(&read, &[&webhooks, &now.timestamp()])
         .context("reading webhook secrets")?
     {
         let secret =
@@ -311,10 +314,22 @@ fn claimed_all(
     Ok((out, gone))
 }
 
+/// The events of claimed deliveries, by number.
+static CLAIMED_EVENTS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1)"));
+
 /// Leases due deliveries to `request.owner`. Its own transaction on `c`, outside the write
 /// groups: rows another claim holds are skipped, so two processes never take one delivery.
+///
+/// The claim commits without waiting for its WAL flush (`synchronous_commit = off` for this
+/// transaction only). Other transactions see the lease at once; what a crash of the
+/// database server can take back is only the lease (and the closing of deliveries whose
+/// event is gone), never an attempt or a delivery: those are recorded by the write groups,
+/// durably. A lost lease makes the delivery due again, so it is sent again, which
+/// at-least-once delivery allows (receivers deduplicate on `webhook-id`).
 pub(crate) fn claim(
     c: &mut Client,
+    statements: &mut Statements,
     now: DateTime<Utc>,
     request: ClaimRequest,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
@@ -325,24 +340,32 @@ pub(crate) fn claim(
         .map(|(w, n)| (w.number as i64, *n as i64))
         .unzip();
     let mut tx = c.transaction().context("starting a claim")?;
+    tx.batch_execute(
+        "SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_custom_plan",
+    )
+    .context("starting a claim")?;
     // Per endpoint, its most overdue deliveries, at most what it has left, locked with SKIP
     // LOCKED so that other processes' claims pass them by: an endpoint with every slot taken
     // (a dead one holding its requests until they time out) is not read at all, however many
     // deliveries it owes. Then the most overdue of all of them.
+    let due = statements.get(
+        &mut tx,
+        "WITH busy (webhook_seq, n) AS (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
+         SELECT d.seq FROM webhooks w
+         LEFT JOIN busy b ON b.webhook_seq = w.seq
+         CROSS JOIN LATERAL (
+             SELECT seq, next_attempt_at FROM deliveries
+             WHERE webhook_seq = w.seq AND status = 'pending' AND next_attempt_at <= $1
+               AND (lease_until IS NULL OR lease_until < $1)
+             ORDER BY next_attempt_at
+             LIMIT greatest(least($4::bigint - coalesce(b.n, 0), $5::bigint), 0)
+             FOR UPDATE SKIP LOCKED
+         ) d
+         ORDER BY d.next_attempt_at, d.seq LIMIT $5",
+    )?;
     let seqs: Vec<i64> = tx
         .query(
-            "WITH busy (webhook_seq, n) AS (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
-             SELECT d.seq FROM webhooks w
-             LEFT JOIN busy b ON b.webhook_seq = w.seq
-             CROSS JOIN LATERAL (
-                 SELECT seq, next_attempt_at FROM deliveries
-                 WHERE webhook_seq = w.seq AND status = 'pending' AND next_attempt_at <= $1
-                   AND (lease_until IS NULL OR lease_until < $1)
-                 ORDER BY next_attempt_at
-                 LIMIT greatest(least($4::bigint - coalesce(b.n, 0), $5::bigint), 0)
-                 FOR UPDATE SKIP LOCKED
-             ) d
-             ORDER BY d.next_attempt_at, d.seq LIMIT $5",
+            &due,
             &[
                 &now_ms,
                 &busy_webhooks,
@@ -356,14 +379,15 @@ pub(crate) fn claim(
         .map(|r| r.get(0))
         .collect();
     let until = now_ms + request.lease.as_millis() as i64;
-    let (out, gone) = claimed_all(&mut tx, &seqs, now)?;
+    let (out, gone) = claimed_all(&mut tx, statements, &seqs, now)?;
     let leased: Vec<i64> = out.iter().map(|d| d.id.number as i64).collect();
     if !leased.is_empty() {
-        tx.execute(
+        let lease = statements.get(
+            &mut tx,
             "UPDATE deliveries SET lease_owner = $2, lease_until = $3 WHERE seq = ANY($1)",
-            &[&leased, &request.owner, &until],
-        )
-        .context("leasing deliveries")?;
+        )?;
+        tx.execute(&lease, &[&leased, &request.owner, &until])
+            .context("leasing deliveries")?;
     }
     if !gone.is_empty() {
         tx.execute(
@@ -807,7 +831,10 @@ pub(crate) fn create_test(
     let Some(seq) = insert_deliveries(tx, ctx, &[test])?.pop() else {
         return Err(StoreError::Corrupt("a test delivery got no number".into()));
     };
-    let delivery = claimed_all(tx, &[seq as i64], ctx.now)?.0.pop();
+    let now = ctx.now;
+    let delivery = claimed_all(tx, ctx.statements(), &[seq as i64], now)?
+        .0
+        .pop();
     super::audit::append(
         tx,
         ctx,

@@ -22,6 +22,7 @@ mod list_query;
 pub(crate) mod partitions;
 mod retention;
 mod schema;
+mod statements;
 mod webhooks;
 pub(crate) mod writer;
 
@@ -51,6 +52,7 @@ use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
 use crate::{Page, PageRequest, Store};
 pub use baseline::{RawPostgresBaseline, analyze, create_database, drop_database};
+use statements::Statements;
 pub use writer::WRITE_LOCK;
 use writer::{Job, WriterCtx};
 
@@ -155,10 +157,19 @@ impl PostgresStore {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.read_prepared(move |c, _| f(c)).await
+    }
+
+    /// Like [`PostgresStore::read`], with the statements prepared on that connection, for
+    /// hot paths where the extra round trip of preparing each time would show.
+    async fn read_prepared<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client, &mut Statements) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let pool = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.take()?;
-            let result = f(&mut conn);
+            let result = f(&mut conn.client, &mut conn.statements);
             pool.give_back(conn);
             result
         })
@@ -188,25 +199,36 @@ fn load_or_create_cursor_key(tx: &mut Transaction<'_>) -> Result<CursorKey, Stor
 /// Reader connections, opened on demand and kept for reuse.
 struct ReadPool {
     url: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<PooledClient>>,
+}
+
+/// A pooled connection and the statements prepared on it.
+struct PooledClient {
+    client: Client,
+    statements: Statements,
 }
 
 impl ReadPool {
     const MAX_IDLE: usize = 16;
 
-    fn take(&self) -> Result<Client, StoreError> {
+    fn take(&self) -> Result<PooledClient, StoreError> {
         loop {
             let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
             match idle {
-                Some(c) if c.is_closed() => continue,
+                Some(c) if c.client.is_closed() => continue,
                 Some(c) => return Ok(c),
-                None => return connect(&self.url),
+                None => {
+                    return Ok(PooledClient {
+                        client: connect(&self.url)?,
+                        statements: Statements::default(),
+                    });
+                }
             }
         }
     }
 
-    fn give_back(&self, conn: Client) {
-        if conn.is_closed() {
+    fn give_back(&self, conn: PooledClient) {
+        if conn.client.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock()
@@ -413,7 +435,8 @@ impl Store for PostgresStore {
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         // Its own transaction, outside the write lock: SKIP LOCKED keeps processes apart.
         let now = self.clock.now();
-        self.read(move |c| deliveries::claim(c, now, claim)).await
+        self.read_prepared(move |c, statements| deliveries::claim(c, statements, now, claim))
+            .await
     }
 
     async fn record_attempt(&self, report: AttemptReport) -> Result<(), StoreError> {

@@ -23,6 +23,7 @@ use tidings_domain::audit::AuditContext;
 use tidings_domain::{Event, NewEvent};
 use tokio::sync::oneshot;
 
+use super::statements::Statements;
 use super::{deliveries, events, partitions};
 use crate::clock::Clock;
 use crate::delivery_types::AttemptReport;
@@ -134,7 +135,7 @@ pub(crate) struct Known {
     /// (table, day) partitions known to exist.
     partitions: HashSet<(&'static str, i64)>,
     /// Statements prepared on the writer's connection (cleared when it is replaced).
-    statements: HashMap<&'static str, Statement>,
+    statements: Statements,
 }
 
 /// State shared by the jobs of one group: the clock reading, ID sequences, caches.
@@ -244,19 +245,19 @@ impl WriterCtx<'_> {
         Ok(())
     }
 
-    /// `sql` prepared once per connection: a cached statement costs one round trip to run,
-    /// not two.
+    /// `sql` prepared once per connection (see [`Statements`]).
     pub fn prepared(
         &mut self,
         tx: &mut Transaction<'_>,
         sql: &'static str,
     ) -> Result<Statement, StoreError> {
-        if let Some(s) = self.known.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let statement = tx.prepare(sql).context("preparing a statement")?;
-        self.known.statements.insert(sql, statement.clone());
-        Ok(statement)
+        self.known.statements.get(tx, sql)
+    }
+
+    /// The writer connection's prepared statements, for helpers shared with other
+    /// connections.
+    pub fn statements(&mut self) -> &mut Statements {
+        &mut self.known.statements
     }
 
     /// The newest hash of `chain` as this group left it, if it touched the chain.
