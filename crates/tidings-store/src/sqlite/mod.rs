@@ -7,7 +7,6 @@
 
 mod audit;
 mod baseline;
-mod checkpointer;
 mod deliveries;
 mod events;
 mod idempotency_filter;
@@ -48,7 +47,6 @@ use crate::delivery_types::{
 use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
 use crate::{Page, PageRequest, Store};
-use checkpointer::Checkpointer;
 use writer::{Job, WriterCtx};
 
 pub use baseline::RawSqliteBaseline;
@@ -59,7 +57,6 @@ pub const DATABASE_FILE: &str = "tidings.db";
 /// The embedded SQLite store.
 pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
-    _checkpointer: Checkpointer,
     readers: Arc<ReadPool>,
     cursor_key: CursorKey,
     clock: Arc<dyn Clock>,
@@ -82,7 +79,6 @@ impl SqliteStore {
         let mut conn = open_connection(&path)?;
         schema::migrate(&mut conn)?;
         let cursor_key = load_or_create_cursor_key(&conn)?;
-        let checkpointer = Checkpointer::start(&path)?;
         let (writes, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("tidings-sqlite-writer".into())
@@ -96,7 +92,6 @@ impl SqliteStore {
             })?;
         Ok(Self {
             writes,
-            _checkpointer: checkpointer,
             readers: Arc::new(ReadPool {
                 path: path.clone(),
                 idle: Mutex::new(Vec::new()),
@@ -175,8 +170,6 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // several commits rewrite (an index page) is copied into the database once per
     // checkpoint, not once per commit. Ingest ran 1.4x faster in the raw measurement
     // (BENCHMARKS.md); the WAL file is truncated back to 128 MiB after each checkpoint.
-    // Most of the copying happens earlier, on the checkpoint thread (checkpointer.rs);
-    // this bound is what keeps the WAL from growing if that thread falls behind.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
