@@ -219,9 +219,49 @@ pub(crate) fn fan_out(
     })
 }
 
-/// Everything a worker needs about deliveries `seqs`, in that order, with three queries
-/// whatever their number; the second list holds those with nothing left to deliver (their
-/// event is gone, or the delivery itself).
+/// What [`claimed`] reads of a delivery and its webhook, in this order.
+const CLAIMED_COLUMNS: &str = "d.seq, d.webhook_seq, w.org, w.url, w.created_at, d.event_seq,
+    d.event_type, d.next_trigger, d.attempt_count, d.final_on_failure, w.failing_since,
+    d.created_at";
+
+/// Deliveries `seqs` with their webhooks.
+static DELIVERIES_BY_SEQ: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {CLAIMED_COLUMNS} FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq
+         WHERE d.seq = ANY($1)"
+    )
+});
+
+/// Per endpoint, its most overdue deliveries, at most what it has left, locked with SKIP
+/// LOCKED so that other processes' claims pass them by: an endpoint with every slot taken (a
+/// dead one holding its requests until they time out) is not read at all, however many
+/// deliveries it owes. Then the most overdue of all of them, read as [`CLAIMED_COLUMNS`]
+/// in the same statement.
+static DUE_DELIVERIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH busy (webhook_seq, n) AS (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
+         SELECT {CLAIMED_COLUMNS} FROM webhooks w
+         LEFT JOIN busy b ON b.webhook_seq = w.seq
+         CROSS JOIN LATERAL (
+             SELECT seq, webhook_seq, event_seq, event_type, next_trigger, attempt_count,
+                    final_on_failure, created_at, next_attempt_at
+             FROM deliveries
+             WHERE webhook_seq = w.seq AND status = 'pending' AND next_attempt_at <= $1
+               AND (lease_until IS NULL OR lease_until < $1)
+             ORDER BY next_attempt_at
+             LIMIT greatest(least($4::bigint - coalesce(b.n, 0), $5::bigint), 0)
+             FOR UPDATE SKIP LOCKED
+         ) d
+         ORDER BY d.next_attempt_at, d.seq LIMIT $5"
+    )
+});
+
+/// The events of claimed deliveries, by number.
+static CLAIMED_EVENTS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1)"));
+
+/// Everything a worker needs about deliveries `seqs`, in that order; the second list holds
+/// those with nothing left to deliver (their event is gone, or the delivery itself).
 fn claimed_all(
     c: &mut impl GenericClient,
     statements: &mut Statements,
@@ -231,18 +271,34 @@ fn claimed_all(
     if seqs.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let read = statements.get(
-        c,
-        "SELECT d.seq, d.webhook_seq, w.org, w.url, w.created_at, d.event_seq, d.event_type,
-                d.next_trigger, d.attempt_count, d.final_on_failure, w.failing_since,
-                d.created_at
-         FROM deliveries d JOIN webhooks w ON w.seq = d.webhook_seq
-         WHERE d.seq = ANY($1)",
-    )?;
+    let read = statements.get(c, &DELIVERIES_BY_SEQ)?;
     let rows = c
         .query(&read, &[&seqs])
         .context("reading claimed deliveries")?;
     let by_seq: HashMap<i64, &postgres::Row> = rows.iter().map(|r| (r.get(0), r)).collect();
+    let (found, mut gone): (Vec<i64>, Vec<i64>) =
+        seqs.iter().partition(|seq| by_seq.contains_key(seq));
+    let ordered: Vec<&postgres::Row> = found
+        .iter()
+        .filter_map(|s| by_seq.get(s).copied())
+        .collect();
+    let (out, gone_events) = claimed(c, statements, &ordered, now)?;
+    gone.extend(gone_events);
+    Ok((out, gone))
+}
+
+/// Deliveries from rows of [`CLAIMED_COLUMNS`], in their order, with their events and
+/// webhook secrets (two queries whatever their number). The second list holds those whose
+/// event is gone (retention): nothing is left to deliver.
+fn claimed(
+    c: &mut impl GenericClient,
+    statements: &mut Statements,
+    rows: &[&postgres::Row],
+    now: DateTime<Utc>,
+) -> Result<(Vec<ClaimedDelivery>, Vec<i64>), StoreError> {
+    if rows.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let event_seqs: Vec<i64> = rows
         .iter()
         .filter_map(|r| r.get::<_, Option<i64>>(5))
@@ -277,12 +333,9 @@ fn claimed_all(
         secrets.entry(r.get(0)).or_default().push(secret);
     }
 
-    let (mut out, mut gone) = (Vec::with_capacity(seqs.len()), Vec::new());
-    for &seq in seqs {
-        let Some(row) = by_seq.get(&seq) else {
-            gone.push(seq);
-            continue;
-        };
+    let (mut out, mut gone) = (Vec::with_capacity(rows.len()), Vec::new());
+    for row in rows {
+        let seq: i64 = row.get(0);
         let webhook_seq: i64 = row.get(1);
         let org: String = row.get(2);
         let event_seq: Option<i64> = row.get(5);
@@ -314,10 +367,6 @@ fn claimed_all(
     Ok((out, gone))
 }
 
-/// The events of claimed deliveries, by number.
-static CLAIMED_EVENTS: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1)"));
-
 /// Leases due deliveries to `request.owner`. Its own transaction on `c`, outside the write
 /// groups: rows another claim holds are skipped, so two processes never take one delivery.
 ///
@@ -344,26 +393,8 @@ pub(crate) fn claim(
         "SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_custom_plan",
     )
     .context("starting a claim")?;
-    // Per endpoint, its most overdue deliveries, at most what it has left, locked with SKIP
-    // LOCKED so that other processes' claims pass them by: an endpoint with every slot taken
-    // (a dead one holding its requests until they time out) is not read at all, however many
-    // deliveries it owes. Then the most overdue of all of them.
-    let due = statements.get(
-        &mut tx,
-        "WITH busy (webhook_seq, n) AS (SELECT * FROM unnest($2::bigint[], $3::bigint[]))
-         SELECT d.seq FROM webhooks w
-         LEFT JOIN busy b ON b.webhook_seq = w.seq
-         CROSS JOIN LATERAL (
-             SELECT seq, next_attempt_at FROM deliveries
-             WHERE webhook_seq = w.seq AND status = 'pending' AND next_attempt_at <= $1
-               AND (lease_until IS NULL OR lease_until < $1)
-             ORDER BY next_attempt_at
-             LIMIT greatest(least($4::bigint - coalesce(b.n, 0), $5::bigint), 0)
-             FOR UPDATE SKIP LOCKED
-         ) d
-         ORDER BY d.next_attempt_at, d.seq LIMIT $5",
-    )?;
-    let seqs: Vec<i64> = tx
+    let due = statements.get(&mut tx, &DUE_DELIVERIES)?;
+    let rows = tx
         .query(
             &due,
             &[
@@ -374,12 +405,10 @@ pub(crate) fn claim(
                 &(request.limit as i64),
             ],
         )
-        .context("finding due deliveries")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .context("finding due deliveries")?;
+    let rows: Vec<&postgres::Row> = rows.iter().collect();
     let until = now_ms + request.lease.as_millis() as i64;
-    let (out, gone) = claimed_all(&mut tx, statements, &seqs, now)?;
+    let (out, gone) = claimed(&mut tx, statements, &rows, now)?;
     let leased: Vec<i64> = out.iter().map(|d| d.id.number as i64).collect();
     if !leased.is_empty() {
         let lease = statements.get(
