@@ -242,6 +242,86 @@ fn compact(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// A JSON value read only to check that no object in it has a key twice; nothing is kept.
+///
+/// The payload is stored and served as the producer sent it, so a repeated key would reach
+/// readers and webhook receivers as is, and JSON parsers disagree on which of the two
+/// values such an object holds (the first, the last, or an error). Refused at ingest.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Check;
+        impl<'de> Visitor<'de> for Check {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    keys.push(key);
+                    map.next_value::<UniqueKeys>()?;
+                }
+                // Sorted, a repeated key sits next to itself.
+                keys.sort_unstable();
+                match keys.windows(2).find(|pair| pair[0] == pair[1]) {
+                    Some(pair) => Err(serde::de::Error::custom(format_args!(
+                        "has the key \"{}\" twice in one object",
+                        pair[0]
+                    ))),
+                    None => Ok(UniqueKeys),
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<UniqueKeys>()?.is_some() {}
+                Ok(UniqueKeys)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(UniqueKeys)
+            }
+        }
+        deserializer.deserialize_any(Check)
+    }
+}
+
+/// An object key, borrowed from the text unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
 const ALLOWED_FIELDS: &[&str] = &[
     "type",
     "organization_id",
@@ -404,6 +484,12 @@ fn validate_event(
                         "is {} bytes serialized; the limit is {MAX_PAYLOAD_BYTES}",
                         compacted.len()
                     ),
+                );
+                None
+            } else if let Err(e) = serde_json::from_str::<UniqueKeys>(&compacted) {
+                problem(
+                    "payload",
+                    format!("{e}; each key of an object must be unique"),
                 );
                 None
             } else {
@@ -660,6 +746,47 @@ mod tests {
             parse_ingest_body(body.as_bytes(), IngestFormat::Json, &Catalog::builtin()).unwrap();
         assert_eq!(events[0].event_type.as_str(), "service_line.activated");
         assert_eq!(events[0].payload.get(), r#"{"second":true}"#);
+    }
+
+    /// The payload is stored as sent, so an object with a key twice (which JSON parsers
+    /// read differently) is refused, at any depth and however the key is spelt.
+    #[test]
+    fn a_payload_with_a_repeated_key_is_refused() {
+        let with = |payload: &str| {
+            let e = good().to_string();
+            let body = format!(r#"{},"payload":{payload}}}"#, &e[..e.len() - 1]);
+            parse_ingest_body(body.as_bytes(), IngestFormat::Json, &Catalog::builtin())
+        };
+        for repeated in [
+            r#"{"a": 1, "b": 2, "a": 3}"#,
+            r#"{"x": {"n": [1, {"k": true, "k": false}]}}"#,
+            r#"{"a": 1, "\u0061": 2}"#,
+        ] {
+            let Err(IngestError::Invalid(p)) = with(repeated) else {
+                panic!("{repeated} was accepted")
+            };
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].field, "payload");
+            assert!(
+                p[0].reason.contains("twice in one object"),
+                "{}",
+                p[0].reason
+            );
+        }
+        let Err(IngestError::Invalid(p)) = with(r#"{"a": 1, "a": 3}"#) else {
+            unreachable!()
+        };
+        assert!(
+            p[0].reason.starts_with(r#"has the key "a" twice"#),
+            "{}",
+            p[0].reason
+        );
+        // The same key in different objects is fine.
+        let events = with(r#"{"a": {"a": 1}, "l": [{"a": 1}, {"a": 2}]}"#).unwrap();
+        assert_eq!(
+            events[0].payload.get(),
+            r#"{"a":{"a":1},"l":[{"a":1},{"a":2}]}"#
+        );
     }
 
     /// SPEC §4: "at most 64 KiB serialized". The payload is stored without whitespace

@@ -88,6 +88,32 @@ async fn invalid_events_get_422_naming_the_field_and_write_nothing() {
     assert_eq!(event_count(&app).await, 1, "nothing was written");
 }
 
+/// A payload is stored and delivered as sent: one with a key twice in an object would read
+/// differently in different JSON parsers, so it is refused (422 on `payload`).
+#[tokio::test]
+async fn a_payload_with_a_repeated_key_gets_422_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    app.ingest(&[event(ORG, json!({}))]).await;
+    let body = event(ORG, json!({"payload": {}})).to_string().replace(
+        r#""payload":{}"#,
+        r#""payload":{"amount":100,"currency":"usd","amount":1}"#,
+    );
+    assert!(body.contains(r#""amount":1}"#), "{body}");
+    let (status, body) = app
+        .ingest_raw(app.ingest_key(), "application/json", body)
+        .await;
+    let error = assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request_error",
+    );
+    assert_eq!(error["errors"][0]["field"], "payload", "{body}");
+    let reason = error["errors"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains(r#"the key "amount" twice"#), "{reason}");
+    assert_eq!(event_count(&app).await, 1, "nothing was written");
+}
+
 #[tokio::test]
 async fn malformed_bodies_get_400() {
     let app = TestApp::spawn().await;
