@@ -154,6 +154,96 @@ fn first_byte(body: &[u8]) -> Option<u8> {
     body.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
+/// A JSON body as sent, read in one pass: a batch (its `events` value, and the names of any
+/// other top-level fields) or a single event.
+enum RawBody<'a> {
+    Batch {
+        events: RawEventList<'a>,
+        other: Vec<String>,
+    },
+    Event(RawEvent<'a>),
+}
+
+/// The value of a batch's `events` field.
+enum RawEventList<'a> {
+    List(Vec<RawEvent<'a>>),
+    NotList,
+}
+
+impl<'de> Deserialize<'de> for RawBody<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Body;
+        impl<'de> Visitor<'de> for Body {
+            type Value = RawBody<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event object or {\"events\": [...]}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut events = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "events" {
+                        // A later duplicate wins, as in a map.
+                        events = Some(map.next_value::<RawEventList>()?);
+                    } else {
+                        fields.push((key, map.next_value::<&'de RawValue>()?));
+                    }
+                }
+                Ok(match events {
+                    Some(events) => RawBody::Batch {
+                        events,
+                        other: fields.into_iter().map(|(k, _)| k).collect(),
+                    },
+                    None => RawBody::Event(RawEvent::Fields(fields)),
+                })
+            }
+        }
+        deserializer.deserialize_map(Body)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawEventList<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = RawEventList<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of events")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(event) = seq.next_element()? {
+                    events.push(event);
+                }
+                Ok(RawEventList::List(events))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(RawEventList::NotList)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(RawEventList::NotList)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(RawEventList::NotList)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(RawEventList::NotList)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(RawEventList::NotList)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(RawEventList::NotList)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(RawEventList::NotList)
+            }
+        }
+        deserializer.deserialize_any(List)
+    }
+}
+
 fn split_json(body: &[u8]) -> Result<Vec<RawEvent<'_>>, IngestError> {
     match first_byte(body) {
         Some(b'{') => {}
@@ -170,28 +260,24 @@ fn split_json(body: &[u8]) -> Result<Vec<RawEvent<'_>>, IngestError> {
             ));
         }
     }
-    let whole: RawEvent = serde_json::from_slice(body).map_err(|e| json_error(e, None))?;
-    let RawEvent::Fields(fields) = whole else {
-        return Err(IngestError::Malformed(
-            "the body must be an event object or {\"events\": [...]}".into(),
-        ));
-    };
-    let Some((_, events)) = fields.iter().rev().find(|(k, _)| k == "events") else {
-        return Ok(vec![RawEvent::Fields(fields)]);
-    };
-    let other: Vec<&str> = fields
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .filter(|k| *k != "events")
-        .collect();
-    if !other.is_empty() {
-        return Err(IngestError::Malformed(format!(
+    // The events of a batch are split out in the same pass that reads the body.
+    match serde_json::from_slice::<RawBody>(body).map_err(|e| json_error(e, None))? {
+        RawBody::Event(event) => Ok(vec![event]),
+        RawBody::Batch { other, .. } if !other.is_empty() => Err(IngestError::Malformed(format!(
             "a batch body has only an `events` array; unexpected field(s): {}",
             other.join(", ")
-        )));
+        ))),
+        RawBody::Batch {
+            events: RawEventList::List(events),
+            ..
+        } => Ok(events),
+        RawBody::Batch {
+            events: RawEventList::NotList,
+            ..
+        } => Err(IngestError::Malformed(
+            "`events` must be an array of event objects".into(),
+        )),
     }
-    serde_json::from_str::<Vec<RawEvent>>(events.get())
-        .map_err(|_| IngestError::Malformed("`events` must be an array of event objects".into()))
 }
 
 fn split_ndjson(body: &[u8]) -> Result<Vec<RawEvent<'_>>, IngestError> {
@@ -705,6 +791,39 @@ mod tests {
         }
         let too_many = json!({"events": vec![good(); MAX_BATCH + 1]});
         assert!(matches!(parse(&too_many), Err(IngestError::Malformed(_))));
+    }
+
+    /// The batch's shape is read in the same pass as its events; each way of getting it
+    /// wrong gets its own message.
+    #[test]
+    fn batch_shapes_are_named_in_their_errors() {
+        let message = |body: String| match parse_ingest_body(
+            body.as_bytes(),
+            IngestFormat::Json,
+            &Catalog::builtin(),
+        ) {
+            Err(IngestError::Malformed(m)) => m,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert!(message(r#"{"events": {"a": [1]}}"#.into()).contains("`events` must be an array"));
+        let extra = message(format!(
+            r#"{{"events": [{}], "extra": 1, "more": {{}}}}"#,
+            good()
+        ));
+        assert!(
+            extra.ends_with("unexpected field(s): extra, more"),
+            "{extra}"
+        );
+        let Err(IngestError::Invalid(p)) = parse(&json!({"events": [1, good()]})) else {
+            panic!("a number among the events must be refused")
+        };
+        assert_eq!((p.len(), p[0].index, p[0].field.as_str()), (1, 0, ""));
+        assert!(p[0].reason.ends_with("got a number"), "{}", p[0].reason);
+        // A later `events` wins, as a later duplicate of any field does.
+        let twice = format!(r#"{{"events": 3, "events": [{}, {}]}}"#, good(), good());
+        let events =
+            parse_ingest_body(twice.as_bytes(), IngestFormat::Json, &Catalog::builtin()).unwrap();
+        assert_eq!(events.len(), 2);
     }
 
     #[test]
