@@ -66,9 +66,21 @@ async fn invalid_events_get_422_naming_the_field_and_write_nothing() {
         ),
         (event(ORG, json!({"idempotency_key": 5})), "idempotency_key"),
     ];
-    for (bad, field) in cases {
+    let mut bodies: Vec<(String, &str)> = cases
+        .into_iter()
+        .map(|(bad, field)| (bad.to_string(), field))
+        .collect();
+    // The payload is stored and delivered as sent: an object with a key twice (which JSON
+    // parsers read differently) is refused. Raw text, since a JSON map cannot hold it.
+    let repeated = event(ORG, json!({"payload": {}})).to_string().replace(
+        r#""payload":{}"#,
+        r#""payload":{"amount":100,"currency":"usd","amount":1}"#,
+    );
+    assert!(repeated.contains(r#""amount":1}"#), "{repeated}");
+    bodies.push((repeated, "payload"));
+    for (bad, field) in bodies {
         let (status, body) = app
-            .ingest_raw(app.ingest_key(), "application/json", bad.to_string())
+            .ingest_raw(app.ingest_key(), "application/json", bad)
             .await;
         let error = assert_error(
             status,
@@ -85,32 +97,6 @@ async fn invalid_events_get_422_naming_the_field_and_write_nothing() {
         assert!(fields.contains(&field), "expected {field} in {body}");
         assert!(error["errors"][0]["reason"].as_str().unwrap().len() > 5);
     }
-    assert_eq!(event_count(&app).await, 1, "nothing was written");
-}
-
-/// A payload is stored and delivered as sent: one with a key twice in an object would read
-/// differently in different JSON parsers, so it is refused (422 on `payload`).
-#[tokio::test]
-async fn a_payload_with_a_repeated_key_gets_422_and_writes_nothing() {
-    let app = TestApp::spawn().await;
-    app.ingest(&[event(ORG, json!({}))]).await;
-    let body = event(ORG, json!({"payload": {}})).to_string().replace(
-        r#""payload":{}"#,
-        r#""payload":{"amount":100,"currency":"usd","amount":1}"#,
-    );
-    assert!(body.contains(r#""amount":1}"#), "{body}");
-    let (status, body) = app
-        .ingest_raw(app.ingest_key(), "application/json", body)
-        .await;
-    let error = assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request_error",
-    );
-    assert_eq!(error["errors"][0]["field"], "payload", "{body}");
-    let reason = error["errors"][0]["reason"].as_str().unwrap();
-    assert!(reason.contains(r#"the key "amount" twice"#), "{reason}");
     assert_eq!(event_count(&app).await, 1, "nothing was written");
 }
 
