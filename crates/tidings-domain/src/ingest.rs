@@ -575,7 +575,9 @@ fn validate_event(
             } else if let Err(e) = serde_json::from_str::<UniqueKeys>(&compacted) {
                 problem(
                     "payload",
-                    format!("{e}; each key of an object must be unique"),
+                    format!(
+                        "{e} of the payload without whitespace; each key of an object must be unique"
+                    ),
                 );
                 None
             } else {
@@ -895,10 +897,10 @@ mod tests {
         let Err(IngestError::Invalid(p)) = with(r#"{"a": 1, "a": 3}"#) else {
             unreachable!()
         };
-        assert!(
-            p[0].reason.starts_with(r#"has the key "a" twice"#),
-            "{}",
-            p[0].reason
+        // The position is in the payload as stored, and the message says so.
+        assert_eq!(
+            p[0].reason,
+            r#"has the key "a" twice in one object at line 1 column 13 of the payload without whitespace; each key of an object must be unique"#
         );
         // The same key in different objects is fine.
         let events = with(r#"{"a": {"a": 1}, "l": [{"a": 1}, {"a": 2}]}"#).unwrap();
