@@ -13,7 +13,7 @@ use std::path::Path;
 use rusqlite::{Connection, TransactionBehavior};
 use tidings_domain::NewEvent;
 
-use super::events::{INSERT_EVENT, insert_row};
+use super::events::{INSERT_EVENT, insert_row, record_event_second};
 use super::index_keys::EventKeys;
 use super::{open_connection, schema};
 use crate::error::{Context, StoreError};
@@ -57,6 +57,10 @@ impl RawSqliteBaseline {
                 let seq = self.last_seq + 1 + i as u64;
                 insert_row(&mut insert, seq, e, &EventKeys::of(e, seq), created_at)?;
             }
+        }
+        if !events.is_empty() {
+            // As the store's writer does once per group: time bounds find these rows.
+            record_event_second(&tx, created_at, self.last_seq + 1)?;
         }
         tx.commit().context("committing a baseline transaction")?;
         self.last_seq += events.len() as u64;

@@ -38,17 +38,41 @@ pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event, St
     Ok(stored::event(row))
 }
 
-/// The first event number at or after `secs`, if any.
-fn first_seq_at_or_after(conn: &Connection, secs: i64) -> Result<Option<u64>, StoreError> {
+/// An event number no greater than that of the first event recorded at or after `secs`
+/// (unix seconds), and greater than that of every event recorded before it; `None` if no
+/// event was recorded at or after `secs`. Read from `event_seconds` (schema 7): events
+/// are numbered in time order, so the first event of the first recorded second at or
+/// after `secs` is the one asked for. That row's `first_seq` may name an event the
+/// retention sweep has removed since; as a lower bound it is still exact.
+pub(crate) fn first_seq_at_or_after(
+    conn: &Connection,
+    secs: i64,
+) -> Result<Option<u64>, StoreError> {
     conn.prepare_cached(
-        "SELECT seq FROM events INDEXED BY events_created_at
-         WHERE created_at >= ?1 ORDER BY created_at, seq LIMIT 1",
+        "SELECT first_seq FROM event_seconds WHERE second >= ?1 ORDER BY second LIMIT 1",
     )
     .context("preparing a time lookup")?
     .query_row([secs], |r| r.get::<_, i64>(0))
     .optional()
     .context("resolving a time bound")
     .map(|v| v.map(|s| s as u64))
+}
+
+/// Records that the events of a write group, stamped `second`, start at event number
+/// `first_seq` (a second already recorded keeps its earlier, smaller number).
+pub(crate) fn record_event_second(
+    conn: &Connection,
+    second: i64,
+    first_seq: u64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO event_seconds (second, first_seq) VALUES (?1, ?2)
+         ON CONFLICT (second) DO NOTHING",
+    )
+    .context("preparing the event second insert")?
+    .execute(params![second, first_seq as i64])
+    .context("recording an event second")?;
+    Ok(())
 }
 
 /// Which index a list query walks.
@@ -574,6 +598,7 @@ pub(crate) fn insert_events(
             }
         }
         let seq = ctx.next_id(conn, "EVT")?;
+        ctx.first_event.get_or_insert(seq);
         let keys = EventKeys::of(e, seq);
         insert_row(&mut insert, seq, e, &keys, created_at.timestamp())?;
         ctx.idempotency.record(seq, keys.idempotency);

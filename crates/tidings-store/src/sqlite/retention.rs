@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::Duration as ChronoDuration;
 use rusqlite::{Connection, params};
 
+use super::events::first_seq_at_or_after;
 use super::writer::WriterCtx;
 use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
@@ -22,15 +23,26 @@ pub(crate) fn sweep(
     policy: RetentionPolicy,
     batch: usize,
 ) -> Result<SweepReport, StoreError> {
+    // Events are numbered in time order: those before the cutoff are those numbered below
+    // the first one at or after it.
+    let event_cutoff = cutoff(ctx, policy.events);
+    let below = first_seq_at_or_after(conn, event_cutoff)?.map_or(i64::MAX, |s| s as i64);
     let events = conn
         .prepare_cached(
             "DELETE FROM events WHERE seq IN (
-                 SELECT seq FROM events INDEXED BY events_created_at
-                 WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+                 SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2)",
         )
         .context("preparing the event sweep")?
-        .execute(params![cutoff(ctx, policy.events), batch as i64])
+        .execute(params![below, batch as i64])
         .context("sweeping events")?;
+    // A second's row goes once no event of it is left: seconds before the oldest event.
+    conn.prepare_cached(
+        "DELETE FROM event_seconds WHERE second <
+             coalesce((SELECT created_at FROM events ORDER BY seq LIMIT 1), ?1)",
+    )
+    .context("preparing the event second sweep")?
+    .execute([event_cutoff])
+    .context("sweeping event seconds")?;
     let deliveries = conn
         .prepare_cached(
             "DELETE FROM deliveries WHERE seq IN (

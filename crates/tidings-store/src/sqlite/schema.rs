@@ -239,6 +239,22 @@ CREATE INDEX events_by_idempotency ON events (idempotency_hash)
     WHERE idempotency_hash IS NOT NULL;
 "#,
     ),
+    (
+        7,
+        r#"
+-- Time bounds become event numbers through this table instead of an index on
+-- events.created_at: one row per second in which events were recorded, with the first
+-- event numbered in it (created_at never decreases with seq). The writer adds a row per
+-- write group, not an index entry per event. BENCHMARKS.md has the measurement.
+CREATE TABLE event_seconds (
+    second    INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL
+);
+INSERT INTO event_seconds (second, first_seq)
+    SELECT created_at, min(seq) FROM events GROUP BY created_at;
+DROP INDEX events_created_at;
+"#,
+    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction.
@@ -288,8 +304,9 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
             )
             .context("checking a migration")?;
         if !done {
-            if *version == 5 || *version == 6 {
-                // They rewrite every event's index entries: seconds per million events.
+            if (5..=7).contains(version) {
+                // They rewrite or read every event's index entries: seconds per million
+                // events.
                 tracing::info!(
                     version,
                     "rebuilding the event indexes; this takes a while on a large store"
@@ -397,6 +414,68 @@ mod tests {
         let recorded = ingest(&store, &again).await;
         assert_eq!(recorded[0].id.number, 1);
         assert_eq!(numbers(&store, filter()).await, [1, 70_000]);
+    }
+
+    /// Events stored before `event_seconds` (schema 7) are found by time bounds after it:
+    /// the migration records each stored second with its first event.
+    #[tokio::test]
+    async fn time_bounds_find_events_stored_before_event_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+            migrate_to(&mut conn, 6).unwrap();
+            // Seconds 100 (events 1, 2), 105 (3) and 200 (4, 6: 5 was never stored).
+            for (seq, second) in [(1, 100), (2, 100), (3, 105), (4, 200), (6, 200)] {
+                conn.execute(
+                    "INSERT INTO events (seq, org, type, actor_type, actor_id, subject_type,
+                                         subject_id, payload, created_at, org_key)
+                     VALUES (?1, ?2, 'invoice.paid', 'user', 'USR-26-000001', 'invoice',
+                             'INV-26-000001', '{}', ?3, ?4)",
+                    params![seq, ORG, second, index_keys::index_key(&[ORG])],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO id_sequences (prefix, last) VALUES ('EVT', 6)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let within = |from: Option<i64>, to: Option<i64>| {
+            let at = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap();
+            EventFilter {
+                range: tidings_domain::TimeRange {
+                    from: from.map(at),
+                    to: to.map(at),
+                },
+                ..filter()
+            }
+        };
+        assert_eq!(numbers(&store, within(None, None)).await, [1, 2, 3, 4, 6]);
+        assert_eq!(
+            numbers(&store, within(Some(100), None)).await,
+            [1, 2, 3, 4, 6]
+        );
+        assert_eq!(numbers(&store, within(Some(101), None)).await, [3, 4, 6]);
+        assert_eq!(numbers(&store, within(Some(105), Some(200))).await, [3]);
+        assert_eq!(numbers(&store, within(Some(106), None)).await, [4, 6]);
+        assert_eq!(numbers(&store, within(None, Some(106))).await, [1, 2, 3]);
+        assert!(numbers(&store, within(Some(201), None)).await.is_empty());
+        // And the writer keeps recording seconds after the migration: a new event is
+        // stamped no earlier than the newest stored one, here the test's wall clock.
+        let body = format!(
+            r#"{{"type":"invoice.paid","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-26-000001"}},"subject":{{"type":"invoice","id":"INV-26-000002"}},"payload":{{}}}}"#
+        );
+        let recorded = ingest(&store, &body).await;
+        let second = recorded[0].created_at.timestamp();
+        assert_eq!(recorded[0].id.number, 7);
+        assert_eq!(numbers(&store, within(Some(201), None)).await, [7]);
+        assert_eq!(numbers(&store, within(Some(second), None)).await, [7]);
+        assert_eq!(
+            numbers(&store, within(None, Some(second))).await,
+            [1, 2, 3, 4, 6]
+        );
     }
 
     /// The API resolves `domain.*` against the catalog before it asks the store; a pattern

@@ -113,6 +113,9 @@ pub(crate) struct WriterCtx<'a> {
     learnt_workspaces: HashMap<String, String>,
     /// The idempotency keys stored (rewound with the group or job that rolls back).
     pub idempotency: &'a mut IdempotencyFilter,
+    /// The first event numbered in this group, if any: with `event_time`, the group's row
+    /// of `event_seconds`, written at the end of the group.
+    pub first_event: Option<u64>,
 }
 
 /// What a job that rolls back must put back in the context.
@@ -120,6 +123,7 @@ struct Snapshot {
     ids: HashMap<&'static str, u64>,
     learnt_workspaces: HashMap<String, String>,
     idempotency_seen: u64,
+    first_event: Option<u64>,
 }
 
 impl WriterCtx<'_> {
@@ -174,6 +178,7 @@ impl WriterCtx<'_> {
             ids: self.ids.clone(),
             learnt_workspaces: self.learnt_workspaces.clone(),
             idempotency_seen: self.idempotency.seen_through(),
+            first_event: self.first_event,
         }
     }
 
@@ -181,6 +186,7 @@ impl WriterCtx<'_> {
         self.ids = snapshot.ids;
         self.learnt_workspaces = snapshot.learnt_workspaces;
         self.idempotency.rewind(snapshot.idempotency_seen);
+        self.first_event = snapshot.first_event;
     }
 }
 
@@ -230,6 +236,7 @@ fn run_group(
             known_workspaces: workspaces,
             learnt_workspaces: HashMap::new(),
             idempotency: &mut *idempotency,
+            first_event: None,
         };
         // Savepoint statements prepared once (rusqlite's `savepoint()` parses them anew on
         // every call, a tenth of the writer's time with single-event requests).
@@ -282,6 +289,9 @@ fn run_group(
                 .context("advancing an ID sequence")?;
         }
         drop(advance);
+        if let (Some(first), Some(time)) = (ctx.first_event, ctx.event_time) {
+            super::events::record_event_second(&tx, time.timestamp(), first)?;
+        }
         let learnt = std::mem::take(&mut ctx.learnt_workspaces);
         tx.commit().context("committing a write group")?;
         Ok(learnt)

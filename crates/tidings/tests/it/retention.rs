@@ -147,4 +147,17 @@ async fn a_large_sweep_runs_in_batches_while_queries_keep_answering() {
         .await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["id"], young[0]["id"]);
+    // Time bounds still resolve once the swept seconds are gone.
+    let at = young[0]["created_at"].as_str().unwrap().replace('+', "%2B");
+    for (bounds, found) in [
+        (format!("from={at}"), 1),
+        ("from=2020-01-01".to_string(), 1),
+        (format!("to={at}"), 0),
+        (format!("from=2020-01-01&to={at}"), 0),
+    ] {
+        let page = app
+            .walk(&key, &format!("/v1/events?organization_id={ORG}&{bounds}"))
+            .await;
+        assert_eq!(page.len(), found, "{bounds}");
+    }
 }
