@@ -13,7 +13,7 @@ use std::path::Path;
 use rusqlite::{Connection, TransactionBehavior};
 use tidings_domain::NewEvent;
 
-use super::events::{INSERT_EVENT, insert_row, record_event_second};
+use super::events::{INSERT_EVENT, KeyEntries, insert_row, record_event_second};
 use super::index_keys::EventKeys;
 use super::{open_connection, schema};
 use crate::error::{Context, StoreError};
@@ -53,10 +53,13 @@ impl RawSqliteBaseline {
             let mut insert = tx
                 .prepare_cached(INSERT_EVENT)
                 .context("preparing the baseline insert")?;
+            let mut entries = KeyEntries::default();
             for (i, e) in events.iter().enumerate() {
                 let seq = self.last_seq + 1 + i as u64;
-                insert_row(&mut insert, seq, e, &EventKeys::of(e, seq), created_at)?;
+                insert_row(&mut insert, seq, e, created_at)?;
+                entries.add(seq, &EventKeys::of(e, seq));
             }
+            entries.flush(&tx)?;
         }
         if !events.is_empty() {
             // As the store's writer does once per group: time bounds find these rows.

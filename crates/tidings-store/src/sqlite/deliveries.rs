@@ -16,7 +16,7 @@ use tidings_domain::{EventId, Tenant, TimeRange};
 
 use tidings_domain::audit::AuditContext;
 
-use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
+use super::events::{EVENT_COLUMNS, event_from_row, insert_events, joined};
 use super::index_keys::index_key;
 use super::list_query::ListQuery;
 use super::webhooks::{find, live_secrets};
@@ -617,10 +617,11 @@ pub(crate) fn replay(
     let org_key = index_key(&[&org]);
     let mut read = conn
         .prepare_cached(&format!(
-            "SELECT {ROUTING_COLUMNS} FROM events INDEXED BY events_by_org
-             WHERE org_key = ?6 AND org = ?1 AND seq > ?2 AND created_at >= ?3
-               AND created_at < ?4
-             ORDER BY seq LIMIT ?5"
+            "SELECT {} FROM event_keys_org AS k CROSS JOIN events AS e ON e.seq = k.seq
+             WHERE k.key = ?6 AND e.org = ?1 AND k.seq > ?2 AND e.created_at >= ?3
+               AND e.created_at < ?4
+             ORDER BY k.seq LIMIT ?5",
+            joined(ROUTING_COLUMNS)
         ))
         .context("preparing the replay read")?;
     let wanted = replay_selection(&hook, limit, |after| {

@@ -1,8 +1,9 @@
 //! Events: the ingest write (a writer job) and the read queries with keyset pagination.
 //!
-//! Index choice is explicit (`INDEXED BY`): the most selective equality the filter has picks
-//! the index whose trailing column is `seq`, so a page is a bounded range scan already in
-//! order. Several exact types become one branch each, merged by `UNION ALL`, for the same
+//! Indexes are tables of `(key, seq)` (schema 8, `KEY_TABLES`) that the writer fills itself
+//! ([`KeyEntries`]). A query names the one it walks and joins `events` to it by `seq`
+//! (`CROSS JOIN` fixes that order): the most selective equality the filter has picks it,
+//! so a page is a bounded range scan already in order. Several exact types become one branch each, merged by `UNION ALL`, for the same
 //! reason. Time bounds are turned into `seq` bounds first: `created_at` never decreases
 //! with `seq`.
 //!
@@ -12,17 +13,20 @@
 //! of the organization index is one probe.
 
 use std::rc::Rc;
+use std::sync::LazyLock;
 
 use rusqlite::types::Value;
 use rusqlite::vtab::array::Array;
-use rusqlite::{Connection, OptionalExtension, Row, Statement, ToSql, params};
+use rusqlite::{Connection, OptionalExtension, Row, Statement, ToSql, params, params_from_iter};
 use tidings_domain::{
     Event, EventFilter, EventId, FieldProblem, NewEvent, Order, Tenant, TypePattern,
 };
 
 use tidings_domain::audit::AuditContext;
 
-use super::index_keys::{EventKeys, epoch_key, epoch_of, epoch_range, index_key};
+use super::index_keys::{
+    EventKeys, Indexed, KEY_TABLES, epoch_key, epoch_of, epoch_range, index_key,
+};
 use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::audit_entries::batch_audit_entries;
@@ -31,6 +35,16 @@ use crate::rows::{into_page, two_digit_year};
 use crate::stored;
 pub(crate) use crate::stored::EVENT_COLUMNS;
 use crate::{Page, PageRequest, list_scope};
+
+/// `columns` (a list such as [`EVENT_COLUMNS`]) taken from `events AS e`, for a query that
+/// joins an index table to it.
+pub(crate) fn joined(columns: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("e.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Maps a row selected with [`EVENT_COLUMNS`]. The outer error is SQLite's, the inner one
 /// a row that does not hold a valid event.
@@ -75,16 +89,15 @@ pub(crate) fn record_event_second(
     Ok(())
 }
 
-/// Which index a list query walks.
+/// Which index table a list query walks.
 enum Walk<'a> {
-    /// One index, at the entries with this key (an epoch key's hash if `epochs`).
+    /// One index table, at the entries with this key (an epoch key's hash if `epochs`).
     Index {
-        index: &'static str,
-        column: &'static str,
+        table: &'static str,
         key: i64,
         epochs: bool,
     },
-    /// `events_by_type`, once per type of the organization, epoch by epoch.
+    /// `event_keys_type`, once per type of the organization, epoch by epoch.
     Types { org: &'a str, types: Vec<&'a str> },
 }
 
@@ -244,14 +257,13 @@ pub(crate) fn list_events(
     }
 
     let within_org = match (&filter.subject_id, &filter.actor_id) {
-        (Some(subject), _) => Some(("events_by_subject", "subject_key", subject.as_str())),
-        (None, Some(actor)) => Some(("events_by_actor", "actor_key", actor.as_str())),
+        (Some(subject), _) => Some(("event_keys_subject", subject.as_str())),
+        (None, Some(actor)) => Some(("event_keys_actor", actor.as_str())),
         (None, None) => None,
     };
     let walk = match (org, within_org) {
-        (Some(org), Some((index, column, value))) => Walk::Index {
-            index,
-            column,
+        (Some(org), Some((table, value))) => Walk::Index {
+            table,
             key: index_key(&[org, value]),
             epochs: true,
         },
@@ -259,8 +271,7 @@ pub(crate) fn list_events(
             match exact_types(&filter.types) {
                 Some(types) => Walk::Types { org, types },
                 None => Walk::Index {
-                    index: "events_by_org",
-                    column: "org_key",
+                    table: "event_keys_org",
                     key: index_key(&[org]),
                     epochs: false,
                 },
@@ -268,14 +279,12 @@ pub(crate) fn list_events(
         }
         _ => match (&filter.workspace_id, org) {
             (Some(ws), _) => Walk::Index {
-                index: "events_by_workspace",
-                column: "workspace_key",
+                table: "event_keys_workspace",
                 key: index_key(&[ws.as_str()]),
                 epochs: true,
             },
             (None, Some(org)) => Walk::Index {
-                index: "events_by_org",
-                column: "org_key",
+                table: "event_keys_org",
                 key: index_key(&[org]),
                 epochs: false,
             },
@@ -300,14 +309,15 @@ pub(crate) fn list_events(
     let (lo_param, lo_slot) = query.slot();
     let (hi_param, hi_slot) = query.slot();
     let (limit, limit_slot) = query.slot();
-    let bounds = format!("seq >= {lo_param} AND seq < {hi_param}");
-    let key_match = |column: &str, param: &str, grouped: bool| {
+    let bounds = format!("k.seq >= {lo_param} AND k.seq < {hi_param}");
+    let key_match = |param: &str, grouped: bool| {
         if grouped {
-            format!("{column} IN rarray({param})")
+            format!("k.key IN rarray({param})")
         } else {
-            format!("{column} = {param}")
+            format!("k.key = {param}")
         }
     };
+    let columns = joined(EVENT_COLUMNS);
     let (one, grouped, epochs) = match walk {
         // One in-order range of events_by_type per type, merged by UNION ALL.
         Walk::Types { org, types } => {
@@ -326,10 +336,11 @@ pub(crate) fn list_events(
                     .iter()
                     .map(|(key, text)| {
                         format!(
-                            "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_by_type
-                             WHERE {} AND type = {text} AND {base} AND {bounds}
-                             ORDER BY seq {dir} LIMIT {limit})",
-                            key_match("type_key", key, grouped)
+                            "SELECT * FROM (SELECT {columns}
+                             FROM event_keys_type AS k CROSS JOIN events AS e ON e.seq = k.seq
+                             WHERE {} AND e.type = {text} AND {base} AND {bounds}
+                             ORDER BY k.seq {dir} LIMIT {limit})",
+                            key_match(key, grouped)
                         )
                     })
                     .collect();
@@ -340,12 +351,7 @@ pub(crate) fn list_events(
             };
             (render(false), render(true), true)
         }
-        Walk::Index {
-            index,
-            column,
-            key,
-            epochs,
-        } => {
+        Walk::Index { table, key, epochs } => {
             let (param, key_slot) = query.slot();
             keys.push((key_slot, key));
             let type_conds: Vec<String> = filter
@@ -371,9 +377,9 @@ pub(crate) fn list_events(
             let conds = query.conditions();
             let render = |grouped: bool| {
                 format!(
-                    "SELECT {EVENT_COLUMNS} FROM events INDEXED BY {index}
-                     WHERE {} AND {conds} ORDER BY seq {dir} LIMIT {limit}",
-                    key_match(column, &param, grouped)
+                    "SELECT {columns} FROM {table} AS k CROSS JOIN events AS e ON e.seq = k.seq
+                     WHERE {} AND {conds} ORDER BY k.seq {dir} LIMIT {limit}",
+                    key_match(&param, grouped)
                 )
             };
             (render(false), render(true), epochs)
@@ -459,20 +465,18 @@ pub(crate) fn get_event(
     }))
 }
 
-/// Inserts one row of `events`; bound by [`insert_row`].
+/// Inserts one row of `events`; bound by [`insert_row`]. Its index entries go in
+/// separately, through [`KeyEntries`].
 pub(crate) const INSERT_EVENT: &str =
     "INSERT INTO events (seq, org, workspace, type, actor_type, actor_id, subject_type,
-                         subject_id, payload, created_at, idempotency_key,
-                         org_key, type_key, subject_key, actor_key, workspace_key,
-                         idempotency_hash)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+                         subject_id, payload, created_at, idempotency_key)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
-/// Runs [`INSERT_EVENT`] for event number `seq`, with its index keys.
+/// Runs [`INSERT_EVENT`] for event number `seq`.
 pub(crate) fn insert_row(
     insert: &mut Statement<'_>,
     seq: u64,
     e: &NewEvent,
-    keys: &EventKeys,
     created_at: i64,
 ) -> Result<(), StoreError> {
     insert
@@ -488,15 +492,150 @@ pub(crate) fn insert_row(
             e.payload.get(),
             created_at,
             e.idempotency_key,
-            keys.org,
-            keys.event_type,
-            keys.subject,
-            keys.actor,
-            keys.workspace,
-            keys.idempotency,
         ])
         .context("inserting an event")?;
     Ok(())
+}
+
+/// Index entries waiting to be written: gathered while rows go in, written together later
+/// (by the writer at the end of each group, and before anything reads the index tables),
+/// each table in key order, many rows per statement. Entries that share a page go in one
+/// after another, while the page is in the CPU's cache, and a group of single-event
+/// requests costs a few statements per table instead of one per event (BENCHMARKS.md has
+/// the measurements).
+#[derive(Default)]
+pub(crate) struct KeyEntries {
+    tables: [Vec<(i64, i64)>; 6],
+}
+
+/// Rows per multi-row insert, largest first; any count is a sum of these.
+const ENTRY_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// `INSERT INTO table (key, seq) VALUES (?, ?), …` for each table and chunk size.
+static ENTRY_INSERTS: LazyLock<Vec<Vec<String>>> = LazyLock::new(|| {
+    KEY_TABLES
+        .iter()
+        .map(|table| {
+            ENTRY_CHUNKS
+                .iter()
+                .map(|&rows| {
+                    let values: Vec<String> = (0..rows)
+                        .map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2))
+                        .collect();
+                    format!(
+                        "INSERT INTO {} (key, seq) VALUES {}",
+                        table.name,
+                        values.join(", ")
+                    )
+                })
+                .collect()
+        })
+        .collect()
+});
+
+impl KeyEntries {
+    pub fn add(&mut self, seq: u64, keys: &EventKeys) {
+        for (table, key) in self.tables.iter_mut().zip(keys.entries()) {
+            if let Some(key) = key {
+                table.push((key, seq as i64));
+            }
+        }
+    }
+
+    /// How many entries wait, per table (to [`Self::truncate`] back to).
+    pub fn lens(&self) -> [usize; 6] {
+        self.tables.each_ref().map(Vec::len)
+    }
+
+    /// Forgets the entries added after `lens` was taken (a job rolled back).
+    pub fn truncate(&mut self, lens: [usize; 6]) {
+        for (table, len) in self.tables.iter_mut().zip(lens) {
+            table.truncate(len);
+        }
+    }
+
+    /// Writes every waiting entry.
+    pub fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        for (t, entries) in self.tables.iter_mut().enumerate() {
+            entries.sort_unstable();
+            let mut rest = &entries[..];
+            for (c, &rows) in ENTRY_CHUNKS.iter().enumerate() {
+                if rest.len() < rows {
+                    continue;
+                }
+                let mut insert = conn
+                    .prepare_cached(&ENTRY_INSERTS[t][c])
+                    .context("preparing an index entry insert")?;
+                while rest.len() >= rows {
+                    let (chunk, after) = rest.split_at(rows);
+                    insert
+                        .execute(params_from_iter(chunk.iter().flat_map(|&(k, s)| [k, s])))
+                        .context("inserting index entries")?;
+                    rest = after;
+                }
+            }
+            entries.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the index entries of the events numbered below `below`, at most `limit` of the
+/// oldest, then the events themselves (a pass of the retention sweep). The entries are
+/// found from each row's text, as they were computed when it was recorded. Returns how many
+/// events went.
+pub(crate) fn delete_events_below(
+    conn: &Connection,
+    below: i64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let mut read = conn
+        .prepare_cached(
+            "SELECT seq, org, type, subject_id, actor_id, workspace, idempotency_key
+             FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2",
+        )
+        .context("preparing the read of events to sweep")?;
+    let rows = read
+        .query_map(params![below, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                [
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ],
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })
+        .context("reading events to sweep")?
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading an event to sweep")?;
+    let mut delete_event = conn
+        .prepare_cached("DELETE FROM events WHERE seq = ?1")
+        .context("preparing the event delete")?;
+    for (seq, [org, event_type, subject, actor], workspace, idempotency) in &rows {
+        let text = Indexed {
+            org,
+            event_type,
+            subject,
+            actor,
+            workspace: workspace.as_deref(),
+            idempotency: idempotency.as_deref(),
+        };
+        let keys = EventKeys::of_text(&text, *seq as u64);
+        for (table, key) in KEY_TABLES.iter().zip(keys.entries()) {
+            if let Some(key) = key {
+                conn.prepare_cached(table.delete)
+                    .context("preparing an index entry delete")?
+                    .execute(params![key, seq])
+                    .context("deleting an index entry")?;
+            }
+        }
+        delete_event.execute([seq]).context("deleting an event")?;
+    }
+    Ok(rows.len())
 }
 
 /// Records one ingest batch (a writer job): all of it, or — on a conflict with stored data —
@@ -508,9 +647,10 @@ pub(crate) fn insert_events(
 ) -> Result<Vec<Event>, StoreError> {
     let mut find_key = conn
         .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_by_idempotency
-             WHERE idempotency_hash IN rarray(?1) AND org = ?2 AND idempotency_key = ?3
-             LIMIT 1"
+            "SELECT {} FROM event_keys_idempotency AS k CROSS JOIN events AS e ON e.seq = k.seq
+             WHERE k.key IN rarray(?1) AND e.org = ?2 AND e.idempotency_key = ?3
+             LIMIT 1",
+            joined(EVENT_COLUMNS)
         ))
         .context("preparing the idempotency lookup")?;
     ctx.idempotency.catch_up(conn)?;
@@ -575,6 +715,8 @@ pub(crate) fn insert_events(
             // first (a retry usually follows its first attempt closely).
             let hash = index_key(&[org, key]);
             if ctx.idempotency.may_contain(hash) {
+                // The key's entry may still wait to be written (this group's).
+                ctx.keys.flush(conn)?;
                 let mut existing = None;
                 for group in EpochGroups::new(pieces(conn, 0, None, true, Order::Desc)?) {
                     let keys: Array = Rc::new(
@@ -600,7 +742,8 @@ pub(crate) fn insert_events(
         let seq = ctx.next_id(conn, "EVT")?;
         ctx.first_event.get_or_insert(seq);
         let keys = EventKeys::of(e, seq);
-        insert_row(&mut insert, seq, e, &keys, created_at.timestamp())?;
+        insert_row(&mut insert, seq, e, created_at.timestamp())?;
+        ctx.keys.add(seq, &keys);
         ctx.idempotency.record(seq, keys.idempotency);
         recorded.push(Event {
             id: EventId::new(year, seq),
@@ -632,10 +775,16 @@ pub(crate) fn ingest(
 
 #[cfg(test)]
 mod tests {
-    use tidings_domain::{EventFilter, Order, Tenant, TypePattern};
+    use rusqlite::Connection;
+    use tidings_domain::audit::AuditContext;
+    use tidings_domain::{
+        Catalog, EventFilter, IngestFormat, Order, Tenant, TypePattern, parse_ingest_body,
+    };
 
-    use crate::sqlite::index_keys::EVENTS_PER_EPOCH;
-    use crate::sqlite::test_support::{ORG, filter, ingest};
+    use super::{delete_events_below, insert_events};
+    use crate::error::StoreError;
+    use crate::sqlite::index_keys::{EVENTS_PER_EPOCH, KEY_TABLES};
+    use crate::sqlite::test_support::{ORG, filter, ingest, numbers};
     use crate::sqlite::{DATABASE_FILE, SqliteStore, open_connection};
     use crate::{PageRequest, Store};
 
@@ -814,5 +963,109 @@ mod tests {
         let recorded = ingest(&other, &body("invoice.paid", "INV-3", "USR-3", "shared")).await;
         let again = ingest(&one, &body("invoice.paid", "INV-4", "USR-4", "shared")).await;
         assert_eq!(again[0].id, recorded[0].id);
+    }
+
+    /// Index entries whose event row does not exist, over every index table.
+    fn orphan_entries(dir: &std::path::Path) -> i64 {
+        let conn = open_connection(&dir.join(DATABASE_FILE)).unwrap();
+        KEY_TABLES
+            .iter()
+            .map(|t| {
+                conn.query_row(
+                    &format!(
+                        "SELECT count(*) FROM {} AS k
+                         WHERE NOT EXISTS (SELECT 1 FROM events WHERE seq = k.seq)",
+                        t.name
+                    ),
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+            })
+            .sum()
+    }
+
+    /// Entries wait in the writer until the end of the group: a job that rolls back (in its
+    /// savepoint) takes its own entries with it and none of the others', whether or not the
+    /// writer put the jobs in one group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_rolled_back_leaves_no_index_entries_and_takes_none_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let events = |subject: &str| {
+            parse_ingest_body(
+                body("invoice.paid", subject, "USR-26-000001", subject).as_bytes(),
+                IngestFormat::Json,
+                &Catalog::builtin(),
+            )
+            .unwrap()
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..30 {
+            let store = store.clone();
+            let (kept, dropped) = (events(&format!("INV-{i}")), events(&format!("BAD-{i}")));
+            tasks.spawn(async move {
+                let failed = store.write(1, move |conn, ctx| {
+                    insert_events(conn, ctx, &dropped)?;
+                    Err::<(), _>(StoreError::Write("this job fails after writing".into()))
+                });
+                let audit = AuditContext::system();
+                let kept = store.ingest(kept, &audit);
+                let (failed, kept) = tokio::join!(failed, kept);
+                assert!(failed.is_err());
+                kept.unwrap()
+            });
+        }
+        let mut kept = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            kept.extend(done.unwrap());
+        }
+        assert_eq!(orphan_entries(dir.path()), 0);
+        for e in kept {
+            let found = crate::sqlite::test_support::found_by_each(
+                &store,
+                "invoice.paid",
+                e.subject.id.as_str(),
+                "USR-26-000001",
+                WS,
+            )
+            .await;
+            // The subject (and its idempotency key) is this event's alone.
+            assert_eq!(found[2], [e.id.number], "{e:?}");
+            assert!(found.iter().all(|f| f.contains(&e.id.number)), "{found:?}");
+        }
+    }
+
+    /// The retention sweep removes an event's index entries with it.
+    #[tokio::test]
+    async fn the_sweep_removes_index_entries_with_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        for i in 0..10 {
+            let key = format!("k{i}");
+            ingest(
+                &store,
+                &body("invoice.paid", &format!("INV-{i}"), "USR-1", &key),
+            )
+            .await;
+        }
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        let entries = |conn: &Connection| -> Vec<i64> {
+            KEY_TABLES
+                .iter()
+                .map(|t| {
+                    conn.query_row(&format!("SELECT count(*) FROM {}", t.name), [], |r| {
+                        r.get(0)
+                    })
+                    .unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(entries(&conn), [10; 6]);
+        assert_eq!(delete_events_below(&conn, 8, 100).unwrap(), 7);
+        assert_eq!(entries(&conn), [3; 6]);
+        assert_eq!(orphan_entries(dir.path()), 0);
+        drop(conn);
+        assert_eq!(numbers(&store, filter()).await, [8, 9, 10]);
     }
 }

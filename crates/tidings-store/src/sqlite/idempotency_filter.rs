@@ -22,7 +22,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use rusqlite::Connection;
 
 use super::events::stored_seq_range;
-use super::index_keys::hash_part;
+use super::index_keys::{hash_part, index_key};
 use super::open_connection;
 use crate::error::{Context, StoreError};
 
@@ -83,12 +83,9 @@ impl KeyBits {
     /// the newest event number it saw. Consistent when `conn` is inside a transaction.
     fn scan(conn: &Connection, min_capacity: u64) -> Snapshot {
         let stored: u64 = conn
-            .query_row(
-                "SELECT count(*) FROM events INDEXED BY events_by_idempotency
-                 WHERE idempotency_hash IS NOT NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT count(*) FROM event_keys_idempotency", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .context("counting idempotency keys")? as u64;
         Self::fill(
             conn,
@@ -102,10 +99,7 @@ impl KeyBits {
         let started = std::time::Instant::now();
         let newest = newest_seq(conn)?;
         let mut read = conn
-            .prepare(
-                "SELECT idempotency_hash FROM events INDEXED BY events_by_idempotency
-                 WHERE idempotency_hash IS NOT NULL",
-            )
+            .prepare("SELECT key FROM event_keys_idempotency")
             .context("preparing the idempotency key scan")?;
         let keys = read
             .query_map([], |r| r.get::<_, i64>(0))
@@ -232,14 +226,21 @@ impl IdempotencyFilter {
         };
         let newest = newest_seq(conn)?;
         if newest > self.seen_through {
+            // By event number from the rows (the index table is ordered by key): the
+            // filter needs only each key's hash bits, which need no epoch.
             let mut read = conn
                 .prepare_cached(
-                    "SELECT idempotency_hash FROM events
-                     WHERE seq > ?1 AND idempotency_hash IS NOT NULL",
+                    "SELECT org, idempotency_key FROM events
+                     WHERE seq > ?1 AND idempotency_key IS NOT NULL",
                 )
                 .context("preparing the idempotency catch-up")?;
             let keys = read
-                .query_map([self.seen_through as i64], |r| r.get::<_, i64>(0))
+                .query_map([self.seen_through as i64], |r| {
+                    Ok(index_key(&[
+                        &r.get::<_, String>(0)?,
+                        &r.get::<_, String>(1)?,
+                    ]))
+                })
                 .context("reading idempotency keys recorded since the filter looked")?;
             for key in keys {
                 bits.add(key.context("reading an idempotency key")?);
@@ -349,7 +350,7 @@ mod tests {
         ingest_keyed(&store, 500..520).await;
         // The old filter learns of them (as the writer's own events) before the swap.
         let recorded: Vec<(i64, i64)> = conn
-            .prepare("SELECT seq, idempotency_hash FROM events WHERE seq > 500")
+            .prepare("SELECT seq, key FROM event_keys_idempotency WHERE seq > 500")
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap()

@@ -4,9 +4,11 @@
 //! workspace, and by idempotency key. Indexing those text columns directly made every index
 //! entry 30–60 bytes of text, and the subject, actor and idempotency indexes take inserts at
 //! random places: each commit rewrote thousands of index pages into the WAL. Each index now
-//! holds a 64-bit hash of the values it looks up (`org_key`, `type_key`, …) and the event
-//! number: entries of about 16 bytes, so a third as many pages to touch. BENCHMARKS.md has
-//! the measurement that chose this.
+//! holds a 64-bit hash of the values it looks up and the event number: entries of about 16
+//! bytes, so a third as many pages to touch. BENCHMARKS.md has the measurement that chose
+//! this. Since schema 8 the indexes are tables of their own ([`KEY_TABLES`]), filled by the
+//! writer in key order (events.rs, `KeyEntries`); before, they were SQLite indexes over key
+//! columns of `events` (`org_key`, `type_key`, …), which rows stored then still carry.
 //!
 //! A hash says where to look, never what matched: every query compares the text columns
 //! too, so two values that share a hash cost one extra row read, never a wrong answer.
@@ -84,7 +86,33 @@ pub(crate) fn hash_part(key: i64) -> u64 {
     key as u64 & HASH_MASK
 }
 
-/// The keys of one event's row, one per index.
+/// A table that indexes events (schema 8): `(key, seq)`, and the statement deleting one
+/// entry of it.
+pub(crate) struct KeyTable {
+    pub name: &'static str,
+    pub delete: &'static str,
+}
+
+macro_rules! key_tables {
+    ($($name:literal),*) => {
+        [$(KeyTable {
+            name: $name,
+            delete: concat!("DELETE FROM ", $name, " WHERE key = ?1 AND seq = ?2"),
+        }),*]
+    };
+}
+
+/// The index tables, one per [`EventKeys`] field, in the order of [`EventKeys::entries`].
+pub(crate) const KEY_TABLES: [KeyTable; 6] = key_tables!(
+    "event_keys_org",
+    "event_keys_type",
+    "event_keys_subject",
+    "event_keys_actor",
+    "event_keys_workspace",
+    "event_keys_idempotency"
+);
+
+/// The keys of one event, one per index table.
 pub(crate) struct EventKeys {
     pub org: i64,
     pub event_type: i64,
@@ -94,20 +122,57 @@ pub(crate) struct EventKeys {
     pub idempotency: Option<i64>,
 }
 
+/// The text an event is indexed by.
+pub(crate) struct Indexed<'a> {
+    pub org: &'a str,
+    pub event_type: &'a str,
+    pub subject: &'a str,
+    pub actor: &'a str,
+    pub workspace: Option<&'a str>,
+    pub idempotency: Option<&'a str>,
+}
+
 impl EventKeys {
     /// The keys of `e` stored as event number `seq`.
     pub fn of(e: &NewEvent, seq: u64) -> Self {
-        let org = e.organization_id.as_str();
+        Self::of_text(
+            &Indexed {
+                org: e.organization_id.as_str(),
+                event_type: e.event_type.as_str(),
+                subject: e.subject.id.as_str(),
+                actor: e.actor.id.as_str(),
+                workspace: e.workspace_id.as_ref().map(|w| w.as_str()),
+                idempotency: e.idempotency_key.as_deref(),
+            },
+            seq,
+        )
+    }
+
+    /// The keys of an event with this text, numbered `seq`.
+    pub fn of_text(text: &Indexed<'_>, seq: u64) -> Self {
+        let org = text.org;
         let epoch = epoch_of(seq);
         let keyed = |parts: &[&str]| epoch_key(epoch, index_key(parts));
         Self {
             org: index_key(&[org]),
-            event_type: keyed(&[org, e.event_type.as_str()]),
-            subject: keyed(&[org, e.subject.id.as_str()]),
-            actor: keyed(&[org, e.actor.id.as_str()]),
-            workspace: e.workspace_id.as_ref().map(|w| keyed(&[w.as_str()])),
-            idempotency: e.idempotency_key.as_deref().map(|k| keyed(&[org, k])),
+            event_type: keyed(&[org, text.event_type]),
+            subject: keyed(&[org, text.subject]),
+            actor: keyed(&[org, text.actor]),
+            workspace: text.workspace.map(|w| keyed(&[w])),
+            idempotency: text.idempotency.map(|k| keyed(&[org, k])),
         }
+    }
+
+    /// The entries, table by table in the order of [`KEY_TABLES`] (`None`: no entry).
+    pub fn entries(&self) -> [Option<i64>; 6] {
+        [
+            Some(self.org),
+            Some(self.event_type),
+            Some(self.subject),
+            Some(self.actor),
+            self.workspace,
+            self.idempotency,
+        ]
     }
 }
 

@@ -182,6 +182,10 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     .context("configuring the connection")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .context("setting the busy timeout")?;
+    // The writer alone runs ~50 distinct statements (24 of them index entry inserts, see
+    // `KeyEntries`); rusqlite's default cache holds 16, and a statement evicted is parsed
+    // again on its next use.
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
 

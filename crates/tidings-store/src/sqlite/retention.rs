@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::Duration as ChronoDuration;
 use rusqlite::{Connection, params};
 
-use super::events::first_seq_at_or_after;
+use super::events::{delete_events_below, first_seq_at_or_after};
 use super::writer::WriterCtx;
 use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
@@ -27,14 +27,7 @@ pub(crate) fn sweep(
     // the first one at or after it.
     let event_cutoff = cutoff(ctx, policy.events);
     let below = first_seq_at_or_after(conn, event_cutoff)?.map_or(i64::MAX, |s| s as i64);
-    let events = conn
-        .prepare_cached(
-            "DELETE FROM events WHERE seq IN (
-                 SELECT seq FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2)",
-        )
-        .context("preparing the event sweep")?
-        .execute(params![below, batch as i64])
-        .context("sweeping events")?;
+    let events = delete_events_below(conn, below, batch)?;
     // A second's row goes once no event of it is left: seconds before the oldest event.
     conn.prepare_cached(
         "DELETE FROM event_seconds WHERE second <

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::events::KeyEntries;
 use super::idempotency_filter::IdempotencyFilter;
 use crate::clock::Clock;
 use crate::error::{Context, StoreError};
@@ -116,6 +117,9 @@ pub(crate) struct WriterCtx<'a> {
     /// The first event numbered in this group, if any: with `event_time`, the group's row
     /// of `event_seconds`, written at the end of the group.
     pub first_event: Option<u64>,
+    /// Index entries of this group's events, written at its end, before each job that
+    /// runs in a savepoint, and whenever the group itself reads them.
+    pub keys: KeyEntries,
 }
 
 /// What a job that rolls back must put back in the context.
@@ -124,6 +128,7 @@ struct Snapshot {
     learnt_workspaces: HashMap<String, String>,
     idempotency_seen: u64,
     first_event: Option<u64>,
+    keys: [usize; 6],
 }
 
 impl WriterCtx<'_> {
@@ -179,6 +184,7 @@ impl WriterCtx<'_> {
             learnt_workspaces: self.learnt_workspaces.clone(),
             idempotency_seen: self.idempotency.seen_through(),
             first_event: self.first_event,
+            keys: self.keys.lens(),
         }
     }
 
@@ -187,6 +193,7 @@ impl WriterCtx<'_> {
         self.learnt_workspaces = snapshot.learnt_workspaces;
         self.idempotency.rewind(snapshot.idempotency_seen);
         self.first_event = snapshot.first_event;
+        self.keys.truncate(snapshot.keys);
     }
 }
 
@@ -237,6 +244,7 @@ fn run_group(
             learnt_workspaces: HashMap::new(),
             idempotency: &mut *idempotency,
             first_event: None,
+            keys: KeyEntries::default(),
         };
         // Savepoint statements prepared once (rusqlite's `savepoint()` parses them anew on
         // every call, a tenth of the writer's time with single-event requests).
@@ -252,6 +260,9 @@ fn run_group(
         for job in group {
             // If this fails, the remaining jobs are dropped and their callers get an error.
             if job.savepoint {
+                // Entries written inside the savepoint are its job's alone, so rolling it
+                // back takes nothing from the others.
+                ctx.keys.flush(&tx)?;
                 open.execute([]).context("opening a job savepoint")?;
             }
             let snapshot = ctx.snapshot();
@@ -277,6 +288,7 @@ fn run_group(
             }
         }
         drop((open, release, undo));
+        ctx.keys.flush(&tx)?;
         let mut advance = tx
             .prepare_cached(
                 "INSERT INTO id_sequences (prefix, last) VALUES (?1, ?2)
