@@ -41,15 +41,19 @@ const PART_END: u8 = 0xFF;
 
 /// The index key of a sequence of text values.
 pub(crate) fn index_key(parts: &[&str]) -> i64 {
-    let mut h = FNV_OFFSET;
-    for part in parts {
-        for &b in part.as_bytes().iter().chain(std::iter::once(&PART_END)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(FNV_PRIME);
-        }
-    }
     // SQLite integers are signed; the bits are what matter.
-    h as i64
+    parts
+        .iter()
+        .fold(FNV_OFFSET, |h, part| hash_part_into(h, part)) as i64
+}
+
+/// The FNV state `h` carried over `part` and its separator.
+fn hash_part_into(mut h: u64, part: &str) -> u64 {
+    for &b in part.as_bytes().iter().chain(std::iter::once(&PART_END)) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
 }
 
 /// Bits of an epoch key that hold the hash; the epoch takes the 24 above them.
@@ -150,16 +154,17 @@ impl EventKeys {
 
     /// The keys of an event with this text, numbered `seq`.
     pub fn of_text(text: &Indexed<'_>, seq: u64) -> Self {
-        let org = text.org;
         let epoch = epoch_of(seq);
-        let keyed = |parts: &[&str]| epoch_key(epoch, index_key(parts));
+        // Four keys start with the organization: hash it once (the same as `index_key`).
+        let org = hash_part_into(FNV_OFFSET, text.org);
+        let in_org = |part: &str| epoch_key(epoch, hash_part_into(org, part) as i64);
         Self {
-            org: index_key(&[org]),
-            event_type: keyed(&[org, text.event_type]),
-            subject: keyed(&[org, text.subject]),
-            actor: keyed(&[org, text.actor]),
-            workspace: text.workspace.map(|w| keyed(&[w])),
-            idempotency: text.idempotency.map(|k| keyed(&[org, k])),
+            org: org as i64,
+            event_type: in_org(text.event_type),
+            subject: in_org(text.subject),
+            actor: in_org(text.actor),
+            workspace: text.workspace.map(|w| epoch_key(epoch, index_key(&[w]))),
+            idempotency: text.idempotency.map(in_org),
         }
     }
 
@@ -231,6 +236,28 @@ mod tests {
             index_key(&["ORG-26-090500", "service_line.activated"]),
             -5_286_497_624_272_955_624
         );
+    }
+
+    /// The keys of an event are `index_key` of its parts, whichever way they are computed.
+    #[test]
+    fn event_keys_are_index_keys_of_their_parts() {
+        let text = Indexed {
+            org: "ORG-26-090500",
+            event_type: "invoice.paid",
+            subject: "INV-26-000001",
+            actor: "USR-26-000001",
+            workspace: Some("WS-26-000021"),
+            idempotency: Some("k1"),
+        };
+        let seq = 3 * EVENTS_PER_EPOCH + 5;
+        let keys = EventKeys::of_text(&text, seq);
+        let keyed = |parts: &[&str]| epoch_key(3, index_key(parts));
+        assert_eq!(keys.org, index_key(&[text.org]));
+        assert_eq!(keys.event_type, keyed(&[text.org, "invoice.paid"]));
+        assert_eq!(keys.subject, keyed(&[text.org, "INV-26-000001"]));
+        assert_eq!(keys.actor, keyed(&[text.org, "USR-26-000001"]));
+        assert_eq!(keys.workspace, Some(keyed(&["WS-26-000021"])));
+        assert_eq!(keys.idempotency, Some(keyed(&[text.org, "k1"])));
     }
 
     #[test]
