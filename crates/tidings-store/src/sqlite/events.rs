@@ -3,9 +3,9 @@
 //! Indexes are tables of `(key, seq)` (schema 8, `KEY_TABLES`) that the writer fills itself
 //! ([`KeyEntries`]). A query names the one it walks and joins `events` to it by `seq`
 //! (`CROSS JOIN` fixes that order): the most selective equality the filter has picks it,
-//! so a page is a bounded range scan already in order. Several exact types become one branch each, merged by `UNION ALL`, for the same
-//! reason. Time bounds are turned into `seq` bounds first: `created_at` never decreases
-//! with `seq`.
+//! so a page is a bounded range scan already in order. Several exact types become one
+//! branch each, merged by `UNION ALL`, for the same reason. Time bounds are turned into
+//! `seq` bounds first (`event_seconds`): `created_at` never decreases with `seq`.
 //!
 //! The type, subject, actor and workspace keys carry their event's epoch (index_keys.rs):
 //! such a walk probes the epochs in the page's order, each bounded to its own events, the
