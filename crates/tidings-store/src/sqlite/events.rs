@@ -46,6 +46,21 @@ pub(crate) fn joined(columns: &str) -> String {
         .join(", ")
 }
 
+/// [`EVENT_COLUMNS`] taken from `events AS e`, built once (list queries and every ingest
+/// job use it).
+static JOINED_EVENT_COLUMNS: LazyLock<String> = LazyLock::new(|| joined(EVENT_COLUMNS));
+
+/// An idempotency key's first event: `?1` its keys in the epochs probed, `?2` the
+/// organization, `?3` the key.
+static FIND_IDEMPOTENCY_KEY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM event_keys_idempotency AS k CROSS JOIN events AS e ON e.seq = k.seq
+         WHERE k.key IN rarray(?1) AND e.org = ?2 AND e.idempotency_key = ?3
+         LIMIT 1",
+        *JOINED_EVENT_COLUMNS
+    )
+});
+
 /// Maps a row selected with [`EVENT_COLUMNS`]. The outer error is SQLite's, the inner one
 /// a row that does not hold a valid event.
 pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event, StoreError>> {
@@ -317,7 +332,7 @@ pub(crate) fn list_events(
             format!("k.key = {param}")
         }
     };
-    let columns = joined(EVENT_COLUMNS);
+    let columns = &*JOINED_EVENT_COLUMNS;
     let (one, grouped, epochs) = match walk {
         // One in-order range of events_by_type per type, merged by UNION ALL.
         Walk::Types { org, types } => {
@@ -511,24 +526,32 @@ pub(crate) struct KeyEntries {
 /// Rows per multi-row insert, largest first; any count is a sum of these.
 const ENTRY_CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
-/// `INSERT INTO table (key, seq) VALUES (?, ?), …` for each table and chunk size.
-static ENTRY_INSERTS: LazyLock<Vec<Vec<String>>> = LazyLock::new(|| {
+/// The statements of one index table.
+struct KeyTableStatements {
+    /// `INSERT INTO table (key, seq) VALUES (?, ?), …`, one per size of [`ENTRY_CHUNKS`].
+    inserts: Vec<String>,
+    /// Deletes the entry `(?1, ?2)`.
+    delete: String,
+}
+
+/// The statements of each of [`KEY_TABLES`], in its order.
+static KEY_TABLE_STATEMENTS: LazyLock<Vec<KeyTableStatements>> = LazyLock::new(|| {
     KEY_TABLES
         .iter()
-        .map(|table| {
-            ENTRY_CHUNKS
+        .map(|table| KeyTableStatements {
+            inserts: ENTRY_CHUNKS
                 .iter()
                 .map(|&rows| {
                     let values: Vec<String> = (0..rows)
                         .map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2))
                         .collect();
                     format!(
-                        "INSERT INTO {} (key, seq) VALUES {}",
-                        table.name,
+                        "INSERT INTO {table} (key, seq) VALUES {}",
                         values.join(", ")
                     )
                 })
-                .collect()
+                .collect(),
+            delete: format!("DELETE FROM {table} WHERE key = ?1 AND seq = ?2"),
         })
         .collect()
 });
@@ -556,7 +579,7 @@ impl KeyEntries {
 
     /// Writes every waiting entry.
     pub fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        for (t, entries) in self.tables.iter_mut().enumerate() {
+        for (statements, entries) in KEY_TABLE_STATEMENTS.iter().zip(self.tables.iter_mut()) {
             entries.sort_unstable();
             let mut rest = &entries[..];
             for (c, &rows) in ENTRY_CHUNKS.iter().enumerate() {
@@ -564,7 +587,7 @@ impl KeyEntries {
                     continue;
                 }
                 let mut insert = conn
-                    .prepare_cached(&ENTRY_INSERTS[t][c])
+                    .prepare_cached(&statements.inserts[c])
                     .context("preparing an index entry insert")?;
                 while rest.len() >= rows {
                     let (chunk, after) = rest.split_at(rows);
@@ -625,9 +648,9 @@ pub(crate) fn delete_events_below(
             idempotency: idempotency.as_deref(),
         };
         let keys = EventKeys::of_text(&text, *seq as u64);
-        for (table, key) in KEY_TABLES.iter().zip(keys.entries()) {
+        for (statements, key) in KEY_TABLE_STATEMENTS.iter().zip(keys.entries()) {
             if let Some(key) = key {
-                conn.prepare_cached(table.delete)
+                conn.prepare_cached(&statements.delete)
                     .context("preparing an index entry delete")?
                     .execute(params![key, seq])
                     .context("deleting an index entry")?;
@@ -646,12 +669,7 @@ pub(crate) fn insert_events(
     events: &[NewEvent],
 ) -> Result<Vec<Event>, StoreError> {
     let mut find_key = conn
-        .prepare_cached(&format!(
-            "SELECT {} FROM event_keys_idempotency AS k CROSS JOIN events AS e ON e.seq = k.seq
-             WHERE k.key IN rarray(?1) AND e.org = ?2 AND e.idempotency_key = ?3
-             LIMIT 1",
-            joined(EVENT_COLUMNS)
-        ))
+        .prepare_cached(&FIND_IDEMPOTENCY_KEY)
         .context("preparing the idempotency lookup")?;
     ctx.idempotency.catch_up(conn)?;
 
@@ -975,7 +993,7 @@ mod tests {
                     &format!(
                         "SELECT count(*) FROM {} AS k
                          WHERE NOT EXISTS (SELECT 1 FROM events WHERE seq = k.seq)",
-                        t.name
+                        t
                     ),
                     [],
                     |r| r.get::<_, i64>(0),
@@ -1054,10 +1072,8 @@ mod tests {
             KEY_TABLES
                 .iter()
                 .map(|t| {
-                    conn.query_row(&format!("SELECT count(*) FROM {}", t.name), [], |r| {
-                        r.get(0)
-                    })
-                    .unwrap()
+                    conn.query_row(&format!("SELECT count(*) FROM {}", t), [], |r| r.get(0))
+                        .unwrap()
                 })
                 .collect()
         };

@@ -90,31 +90,16 @@ pub(crate) fn hash_part(key: i64) -> u64 {
     key as u64 & HASH_MASK
 }
 
-/// A table that indexes events (schema 8): `(key, seq)`, and the statement deleting one
-/// entry of it.
-pub(crate) struct KeyTable {
-    pub name: &'static str,
-    pub delete: &'static str,
-}
-
-macro_rules! key_tables {
-    ($($name:literal),*) => {
-        [$(KeyTable {
-            name: $name,
-            delete: concat!("DELETE FROM ", $name, " WHERE key = ?1 AND seq = ?2"),
-        }),*]
-    };
-}
-
-/// The index tables, one per [`EventKeys`] field, in the order of [`EventKeys::entries`].
-pub(crate) const KEY_TABLES: [KeyTable; 6] = key_tables!(
+/// The tables that index events (schema 8), each `(key, seq)`: one per [`EventKeys`]
+/// field, in the order of [`EventKeys::entries`].
+pub(crate) const KEY_TABLES: [&str; 6] = [
     "event_keys_org",
     "event_keys_type",
     "event_keys_subject",
     "event_keys_actor",
     "event_keys_workspace",
-    "event_keys_idempotency"
-);
+    "event_keys_idempotency",
+];
 
 /// The keys of one event, one per index table.
 pub(crate) struct EventKeys {
