@@ -603,8 +603,8 @@ impl KeyEntries {
     }
 }
 
-/// Deletes the index entries of the events numbered below `below`, at most `limit` of the
-/// oldest, then the events themselves (a pass of the retention sweep). The entries are
+/// Deletes the oldest events numbered below `below`, at most `limit` of them, with their
+/// index entries (a pass of the retention sweep). The entries are
 /// found from each row's text, as they were computed when it was recorded. Returns how many
 /// events went.
 pub(crate) fn delete_events_below(
@@ -635,9 +635,6 @@ pub(crate) fn delete_events_below(
         .context("reading events to sweep")?
         .collect::<Result<Vec<_>, _>>()
         .context("reading an event to sweep")?;
-    let mut delete_event = conn
-        .prepare_cached("DELETE FROM events WHERE seq = ?1")
-        .context("preparing the event delete")?;
     for (seq, [org, event_type, subject, actor], workspace, idempotency) in &rows {
         let text = Indexed {
             org,
@@ -656,7 +653,13 @@ pub(crate) fn delete_events_below(
                     .context("deleting an index entry")?;
             }
         }
-        delete_event.execute([seq]).context("deleting an event")?;
+    }
+    // The rows read are every event up to the last of them: one range goes.
+    if let Some((last, ..)) = rows.last() {
+        conn.prepare_cached("DELETE FROM events WHERE seq <= ?1")
+            .context("preparing the event delete")?
+            .execute([last])
+            .context("deleting events")?;
     }
     Ok(rows.len())
 }
@@ -1078,7 +1081,13 @@ mod tests {
                 .collect()
         };
         assert_eq!(entries(&conn), [10; 6]);
-        assert_eq!(delete_events_below(&conn, 8, 100).unwrap(), 7);
+        // A pass takes at most its limit, oldest first, then the next pass the rest.
+        assert_eq!(delete_events_below(&conn, 8, 3).unwrap(), 3);
+        assert_eq!(entries(&conn), [7; 6]);
+        drop(conn);
+        assert_eq!(numbers(&store, filter()).await, [4, 5, 6, 7, 8, 9, 10]);
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        assert_eq!(delete_events_below(&conn, 8, 100).unwrap(), 4);
         assert_eq!(entries(&conn), [3; 6]);
         assert_eq!(orphan_entries(dir.path()), 0);
         drop(conn);
