@@ -395,10 +395,12 @@ async fn retry_replay_and_test_send() {
     let key = writer_key(&app, ORG).await;
     let (hook, secret) = create_webhook(&app, &key, &receiver.url, json!(["task.*"])).await;
     let id = hook["id"].as_str().unwrap();
+    // Another organization's event of a matching type is never replayed to this webhook.
     let recorded = app
         .ingest(&[
             event(ORG, json!({"type": "task.created"})),
             event(ORG, json!({"type": "user.invited"})),
+            event(OTHER, json!({"type": "task.created"})),
         ])
         .await;
     receiver.wait_for(1, WAIT).await;
