@@ -60,6 +60,12 @@ impl RawSqliteBaseline {
                 entries.add(seq, &EventKeys::of(e, seq));
             }
             entries.flush(&tx)?;
+            // Indexed as they go in: the index tail stays empty.
+            tx.execute(
+                "UPDATE indexed_through SET seq = ?1",
+                [(self.last_seq + events.len() as u64) as i64],
+            )
+            .context("recording how far the baseline is indexed")?;
         }
         if !events.is_empty() {
             // As the store's writer does once per group: time bounds find these rows.

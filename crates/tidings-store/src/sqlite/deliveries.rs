@@ -612,6 +612,9 @@ pub(crate) fn replay(
     let Some(hook) = find(conn, tenant, webhook)? else {
         return Ok(None);
     };
+    // The read walks the organization's index: index the tail first (a replay is rare;
+    // a rolled-back one takes these entries back with it).
+    super::events::index_tail(conn, 0)?;
     let (from, to) = range.as_unix_seconds();
     let org = hook.organization_id.as_str().to_string();
     let org_key = index_key(&[&org]);

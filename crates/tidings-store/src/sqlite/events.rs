@@ -7,6 +7,10 @@
 //! branch each, merged by `UNION ALL`, for the same reason. Time bounds are turned into
 //! `seq` bounds first (`event_seconds`): `created_at` never decreases with `seq`.
 //!
+//! The newest events are not indexed yet (the index tail, schema 9): the writer indexes
+//! them together once there are enough ([`index_tail`]), and until then a query reads
+//! their rows in order besides its index walk.
+//!
 //! The type, subject, actor and workspace keys carry their event's epoch (index_keys.rs):
 //! such a walk probes the epochs in the page's order, each bounded to its own events, the
 //! first alone and then in widening groups (`EpochGroups`), until the page is full. A walk
@@ -58,6 +62,15 @@ static FIND_IDEMPOTENCY_KEY: LazyLock<String> = LazyLock::new(|| {
          WHERE k.key IN rarray(?1) AND e.org = ?2 AND e.idempotency_key = ?3
          LIMIT 1",
         *JOINED_EVENT_COLUMNS
+    )
+});
+
+/// The same in the index tail: `?1` the last event indexed, `?2` the organization, `?3`
+/// the key.
+static FIND_IDEMPOTENCY_KEY_IN_TAIL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE seq > ?1 AND org = ?2 AND idempotency_key = ?3 LIMIT 1"
     )
 });
 
@@ -219,6 +232,67 @@ fn exact_types(patterns: &[TypePattern]) -> Option<Vec<&str>> {
         .collect()
 }
 
+/// Adds the filter's equality conditions on text columns (organization, workspace,
+/// subject, actor) to `query`.
+fn text_conditions(query: &mut ListQuery, org: Option<&str>, filter: &EventFilter) {
+    if let Some(org) = org {
+        query.eq("org", org.to_string());
+    }
+    if let Some(ws) = &filter.workspace_id {
+        query.eq("workspace", ws.as_str().to_string());
+    }
+    if let Some(t) = &filter.subject_type {
+        query.eq("subject_type", t.as_str().to_string());
+    }
+    if let Some(t) = &filter.subject_id {
+        query.eq("subject_id", t.as_str().to_string());
+    }
+    if let Some(t) = &filter.actor_id {
+        query.eq("actor_id", t.as_str().to_string());
+    }
+}
+
+/// Adds the condition that the type matches one of `types` (if any) to `query`.
+fn type_condition(query: &mut ListQuery, types: &[TypePattern]) {
+    let conds: Vec<String> = types
+        .iter()
+        .map(|p| match p {
+            TypePattern::All => "1".to_string(),
+            TypePattern::Exact(t) => {
+                format!("type = {}", query.bind(Value::Text(t.as_str().into())))
+            }
+            // `domain.` .. `domain/`: '/' is the byte after '.'.
+            TypePattern::Prefix(prefix) => format!(
+                "(type >= {} AND type < {})",
+                query.bind(Value::Text(prefix.clone())),
+                query.bind(Value::Text(format!("{}/", &prefix[..prefix.len() - 1])))
+            ),
+        })
+        .collect();
+    if !conds.is_empty() {
+        query.raw(format!("({})", conds.join(" OR ")));
+    }
+}
+
+/// Runs an event query and appends its rows to `items`.
+fn read_events(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn ToSql],
+    items: &mut Vec<Event>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(sql)
+        .context("preparing an event query")?;
+    let rows = stmt
+        .query_map(params, event_from_row)
+        .context("querying events")?;
+    for row in rows {
+        items.push(row.context("reading an event row")??);
+    }
+    Ok(())
+}
+
 pub(crate) fn list_events(
     conn: &Connection,
     tenant: &Tenant,
@@ -248,28 +322,79 @@ pub(crate) fn list_events(
         (Order::Asc, Some(after)) => lo = lo.max(after.saturating_add(1)),
         _ => {}
     }
-    if hi.is_some_and(|h| h <= lo) {
+    let hi = hi.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
+    if hi <= lo {
         return Ok(Page::empty());
     }
+    let dir = match page.order {
+        Order::Desc => "DESC",
+        Order::Asc => "ASC",
+    };
+    let fetch = page.limit as usize + 1;
 
+    // Events numbered up to `through` are found through an index table; later ones (the
+    // index tail, at most a few thousand) by reading their rows in order. The number
+    // only grows, and entries exist for every event up to it, so the two parts are
+    // disjoint and together complete even if the writer indexes the tail meanwhile.
+    let through = indexed_through(conn)?;
+    let (index_lo, index_hi) = (lo, hi.min(through + 1));
+    let (tail_lo, tail_hi) = (lo.max(through + 1), hi);
+
+    let mut items = Vec::with_capacity(fetch);
+    let read_tail = |items: &mut Vec<Event>| -> Result<(), StoreError> {
+        if tail_hi <= tail_lo || items.len() >= fetch {
+            return Ok(());
+        }
+        let mut query = ListQuery::default();
+        text_conditions(&mut query, org, filter);
+        type_condition(&mut query, &filter.types);
+        let from = query.bind(Value::Integer(tail_lo as i64));
+        let to = query.bind(Value::Integer(tail_hi as i64));
+        let limit = query.bind(Value::Integer((fetch - items.len()) as i64));
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE seq >= {from} AND seq < {to} AND {} ORDER BY seq {dir} LIMIT {limit}",
+            query.conditions()
+        );
+        let params: Vec<&dyn ToSql> = query.args().iter().map(|v| v as &dyn ToSql).collect();
+        read_events(conn, &sql, &params, items)
+    };
+    if page.order == Order::Desc {
+        read_tail(&mut items)?;
+    }
+    if index_lo < index_hi && items.len() < fetch {
+        walk_index(
+            conn,
+            org,
+            filter,
+            page.order,
+            (index_lo, index_hi),
+            fetch,
+            &mut items,
+        )?;
+    }
+    if page.order == Order::Asc {
+        read_tail(&mut items)?;
+    }
+    Ok(into_page(items, page.limit))
+}
+
+/// The part of a list query that walks an index table: appends to `items`, in the page's
+/// order, the matching events numbered in `[lo, hi)` (all indexed), until it holds
+/// `fetch`.
+fn walk_index(
+    conn: &Connection,
+    org: Option<&str>,
+    filter: &EventFilter,
+    order: Order,
+    (lo, hi): (u64, u64),
+    fetch: usize,
+    items: &mut Vec<Event>,
+) -> Result<(), StoreError> {
     // Text comparisons decide what matches; the hashed key of the one index the query
     // walks (see index_keys.rs) only says where to look.
     let mut query = ListQuery::default();
-    if let Some(org) = org {
-        query.eq("org", org.to_string());
-    }
-    if let Some(ws) = &filter.workspace_id {
-        query.eq("workspace", ws.as_str().to_string());
-    }
-    if let Some(t) = &filter.subject_type {
-        query.eq("subject_type", t.as_str().to_string());
-    }
-    if let Some(t) = &filter.subject_id {
-        query.eq("subject_id", t.as_str().to_string());
-    }
-    if let Some(t) = &filter.actor_id {
-        query.eq("actor_id", t.as_str().to_string());
-    }
+    text_conditions(&mut query, org, filter);
 
     let within_org = match (&filter.subject_id, &filter.actor_id) {
         (Some(subject), _) => Some(("event_keys_subject", subject.as_str())),
@@ -311,11 +436,10 @@ pub(crate) fn list_events(
             }
         },
     };
-    let dir = match page.order {
+    let dir = match order {
         Order::Desc => "DESC",
         Order::Asc => "ASC",
     };
-    let fetch = page.limit as usize + 1;
 
     // Each probe binds its own key(s), seq bounds and row budget into these slots. A probe
     // covers one epoch (`key = ?`, rows come in index order) or a group of epochs (`key IN
@@ -369,25 +493,7 @@ pub(crate) fn list_events(
         Walk::Index { table, key, epochs } => {
             let (param, key_slot) = query.slot();
             keys.push((key_slot, key));
-            let type_conds: Vec<String> = filter
-                .types
-                .iter()
-                .map(|p| match p {
-                    TypePattern::All => "1".to_string(),
-                    TypePattern::Exact(t) => {
-                        format!("type = {}", query.bind(Value::Text(t.as_str().into())))
-                    }
-                    // `domain.` .. `domain/`: '/' is the byte after '.'.
-                    TypePattern::Prefix(prefix) => format!(
-                        "(type >= {} AND type < {})",
-                        query.bind(Value::Text(prefix.clone())),
-                        query.bind(Value::Text(format!("{}/", &prefix[..prefix.len() - 1])))
-                    ),
-                })
-                .collect();
-            if !type_conds.is_empty() {
-                query.raw(format!("({})", type_conds.join(" OR ")));
-            }
+            type_condition(&mut query, &filter.types);
             query.raw(bounds);
             let conds = query.conditions();
             let render = |grouped: bool| {
@@ -402,8 +508,7 @@ pub(crate) fn list_events(
     };
 
     let mut args = query.args().to_vec();
-    let mut items = Vec::with_capacity(fetch);
-    for group in EpochGroups::new(pieces(conn, lo, hi, epochs, page.order)?) {
+    for group in EpochGroups::new(pieces(conn, lo, Some(hi), epochs, order)?) {
         let (Some(first), Some(last)) = (group.first(), group.last()) else {
             continue;
         };
@@ -440,20 +545,12 @@ pub(crate) fn list_events(
             )
             .collect();
         let sql = if group.len() == 1 { &one } else { &grouped };
-        let mut stmt = conn
-            .prepare_cached(sql)
-            .context("preparing an event query")?;
-        let rows = stmt
-            .query_map(&params[..], event_from_row)
-            .context("querying events")?;
-        for row in rows {
-            items.push(row.context("reading an event row")??);
-        }
+        read_events(conn, sql, &params, items)?;
         if items.len() >= fetch {
             break;
         }
     }
-    Ok(into_page(items, page.limit))
+    Ok(())
 }
 
 pub(crate) fn get_event(
@@ -512,12 +609,9 @@ pub(crate) fn insert_row(
     Ok(())
 }
 
-/// Index entries waiting to be written: gathered while rows go in, written together later
-/// (by the writer at the end of each group, and before anything reads the index tables),
-/// each table in key order, many rows per statement. Entries that share a page go in one
-/// after another, while the page is in the CPU's cache, and a group of single-event
-/// requests costs a few statements per table instead of one per event (BENCHMARKS.md has
-/// the measurements).
+/// Index entries to write, each table's in key order, many rows per statement: entries
+/// that share a page go in one after another, while the page is in the CPU's cache
+/// (BENCHMARKS.md has the measurements).
 #[derive(Default)]
 pub(crate) struct KeyEntries {
     tables: [Vec<(i64, i64)>; 6],
@@ -565,19 +659,7 @@ impl KeyEntries {
         }
     }
 
-    /// How many entries wait, per table (to [`Self::truncate`] back to).
-    pub fn lens(&self) -> [usize; 6] {
-        self.tables.each_ref().map(Vec::len)
-    }
-
-    /// Forgets the entries added after `lens` was taken (a job rolled back).
-    pub fn truncate(&mut self, lens: [usize; 6]) {
-        for (table, len) in self.tables.iter_mut().zip(lens) {
-            table.truncate(len);
-        }
-    }
-
-    /// Writes every waiting entry.
+    /// Writes every entry.
     pub fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
         for (statements, entries) in KEY_TABLE_STATEMENTS.iter().zip(self.tables.iter_mut()) {
             entries.sort_unstable();
@@ -603,65 +685,160 @@ impl KeyEntries {
     }
 }
 
+/// The columns an event's index keys are computed from, in the order [`keys_of_row`]
+/// reads them.
+const KEYED_COLUMNS: &str = "seq, org, type, subject_id, actor_id, workspace, idempotency_key";
+
+/// The number and index keys of a row selected with [`KEYED_COLUMNS`], computed from its
+/// text as they were when it was recorded.
+fn keys_of_row(r: &Row<'_>) -> rusqlite::Result<(u64, EventKeys)> {
+    let seq = r.get::<_, i64>(0)? as u64;
+    let text = |i: usize| -> rusqlite::Result<&str> { Ok(r.get_ref(i)?.as_str()?) };
+    let maybe =
+        |i: usize| -> rusqlite::Result<Option<&str>> { Ok(r.get_ref(i)?.as_str_or_null()?) };
+    let keys = EventKeys::of_text(
+        &Indexed {
+            org: text(1)?,
+            event_type: text(2)?,
+            subject: text(3)?,
+            actor: text(4)?,
+            workspace: maybe(5)?,
+            idempotency: maybe(6)?,
+        },
+        seq,
+    );
+    Ok((seq, keys))
+}
+
+/// How far the index tables reach (schema 9): they hold entries for every event numbered
+/// up to this and for none after it. Later events are the index tail, read from their rows.
+pub(crate) fn indexed_through(conn: &Connection) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT seq FROM indexed_through")
+        .context("preparing the read of how far events are indexed")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .context("reading how far events are indexed")
+        .map(|s| s as u64)
+}
+
+/// Default of [`index_tail`]'s `limit`: tails of up to this many events are read row by
+/// row. Writing entries for 2,048 events at once instead of a commit's few dozen touches
+/// each index page a commit would have touched for one entry a few dozen times over, which
+/// made single-event requests ~1.7 times faster; a query reads this many rows at most
+/// besides its index walk. BENCHMARKS.md has both measurements.
+pub const DEFAULT_INDEX_TAIL: u64 = 2_048;
+
+/// Writes the index entries of the events after [`indexed_through`] once the newest is
+/// `limit` numbers or more past it (any, if `limit` is 0; numbers a rolled-back write left
+/// unused count too), and moves it to the newest. Runs inside a write
+/// transaction; everything it indexes is read from the rows, so it does not matter which
+/// process or which earlier transaction stored them.
+pub(crate) fn index_tail(conn: &Connection, limit: u64) -> Result<(), StoreError> {
+    let through = indexed_through(conn)?;
+    let Some((_, newest)) = stored_seq_range(conn)? else {
+        return Ok(());
+    };
+    if newest <= through || newest - through < limit.max(1) {
+        return Ok(());
+    }
+    let mut read = conn
+        .prepare_cached(&format!(
+            "SELECT {KEYED_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq"
+        ))
+        .context("preparing the read of the index tail")?;
+    let mut entries = KeyEntries::default();
+    let rows = read
+        .query_map([through as i64], keys_of_row)
+        .context("reading the index tail")?;
+    for row in rows {
+        let (seq, keys) = row.context("reading an event of the index tail")?;
+        entries.add(seq, &keys);
+    }
+    entries.flush(conn)?;
+    conn.prepare_cached("UPDATE indexed_through SET seq = ?1")
+        .context("preparing the index progress update")?
+        .execute([newest as i64])
+        .context("recording how far events are indexed")?;
+    Ok(())
+}
+
 /// Deletes the oldest events numbered below `below`, at most `limit` of them, with their
-/// index entries (a pass of the retention sweep). The entries are
-/// found from each row's text, as they were computed when it was recorded. Returns how many
-/// events went.
+/// index entries (a pass of the retention sweep). The entries are found from each row's
+/// text, as they were computed when it was recorded. Returns how many events went.
 pub(crate) fn delete_events_below(
     conn: &Connection,
     below: i64,
     limit: usize,
 ) -> Result<usize, StoreError> {
+    let through = indexed_through(conn)?;
     let mut read = conn
-        .prepare_cached(
-            "SELECT seq, org, type, subject_id, actor_id, workspace, idempotency_key
-             FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2",
-        )
+        .prepare_cached(&format!(
+            "SELECT {KEYED_COLUMNS} FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2"
+        ))
         .context("preparing the read of events to sweep")?;
     let rows = read
-        .query_map(params![below, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                [
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                ],
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-            ))
-        })
+        .query_map(params![below, limit as i64], keys_of_row)
         .context("reading events to sweep")?
         .collect::<Result<Vec<_>, _>>()
         .context("reading an event to sweep")?;
-    for (seq, [org, event_type, subject, actor], workspace, idempotency) in &rows {
-        let text = Indexed {
-            org,
-            event_type,
-            subject,
-            actor,
-            workspace: workspace.as_deref(),
-            idempotency: idempotency.as_deref(),
-        };
-        let keys = EventKeys::of_text(&text, *seq as u64);
+    // Events of the index tail have no entries yet.
+    for (seq, keys) in rows.iter().filter(|(seq, _)| *seq <= through) {
         for (statements, key) in KEY_TABLE_STATEMENTS.iter().zip(keys.entries()) {
             if let Some(key) = key {
                 conn.prepare_cached(&statements.delete)
                     .context("preparing an index entry delete")?
-                    .execute(params![key, seq])
+                    .execute(params![key, *seq as i64])
                     .context("deleting an index entry")?;
             }
         }
     }
     // The rows read are every event up to the last of them: one range goes.
-    if let Some((last, ..)) = rows.last() {
+    if let Some((last, _)) = rows.last() {
         conn.prepare_cached("DELETE FROM events WHERE seq <= ?1")
             .context("preparing the event delete")?
-            .execute([last])
+            .execute([*last as i64])
             .context("deleting events")?;
     }
     Ok(rows.len())
+}
+
+/// The event first recorded with idempotency key `key` (whose [`index_key`] is `hash`) in
+/// `org`, if any: looked for in the index tail first, then epoch by epoch, newest first (a
+/// retry usually follows its first attempt closely).
+fn find_idempotency_key(
+    conn: &Connection,
+    org: &str,
+    key: &str,
+    hash: i64,
+) -> Result<Option<Event>, StoreError> {
+    let through = indexed_through(conn)?;
+    let in_tail = conn
+        .prepare_cached(&FIND_IDEMPOTENCY_KEY_IN_TAIL)
+        .context("preparing the idempotency lookup in the index tail")?
+        .query_row(params![through as i64, org, key], event_from_row)
+        .optional()
+        .context("looking up an idempotency key in the index tail")?;
+    if let Some(found) = in_tail {
+        return found.map(Some);
+    }
+    let mut find = conn
+        .prepare_cached(&FIND_IDEMPOTENCY_KEY)
+        .context("preparing the idempotency lookup")?;
+    for group in EpochGroups::new(pieces(conn, 0, Some(through + 1), true, Order::Desc)?) {
+        let keys: Array = Rc::new(
+            group
+                .iter()
+                .map(|piece| Value::Integer(epoch_key(piece.epoch, hash)))
+                .collect(),
+        );
+        let found = find
+            .query_row(params![keys, org, key], event_from_row)
+            .optional()
+            .context("looking up an idempotency key")?;
+        if let Some(found) = found {
+            return found.map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// Records one ingest batch (a writer job): all of it, or — on a conflict with stored data —
@@ -671,9 +848,6 @@ pub(crate) fn insert_events(
     ctx: &mut WriterCtx<'_>,
     events: &[NewEvent],
 ) -> Result<Vec<Event>, StoreError> {
-    let mut find_key = conn
-        .prepare_cached(&FIND_IDEMPOTENCY_KEY)
-        .context("preparing the idempotency lookup")?;
     ctx.idempotency.catch_up(conn)?;
 
     let mut find_ws = conn
@@ -729,43 +903,25 @@ pub(crate) fn insert_events(
 
     for e in events {
         let org = e.organization_id.as_str();
-        if let Some(key) = &e.idempotency_key {
+        let hash = e
+            .idempotency_key
+            .as_deref()
+            .map(|key| index_key(&[org, key]));
+        if let (Some(key), Some(hash)) = (&e.idempotency_key, hash) {
             // The key may have been used before in this organization, maybe earlier in
             // this transaction: answer with the event first recorded. The filter rules
-            // out almost every new key; the others are looked for epoch by epoch, newest
-            // first (a retry usually follows its first attempt closely).
-            let hash = index_key(&[org, key]);
-            if ctx.idempotency.may_contain(hash) {
-                // The key's entry may still wait to be written (this group's).
-                ctx.keys.flush(conn)?;
-                let mut existing = None;
-                for group in EpochGroups::new(pieces(conn, 0, None, true, Order::Desc)?) {
-                    let keys: Array = Rc::new(
-                        group
-                            .iter()
-                            .map(|piece| Value::Integer(epoch_key(piece.epoch, hash)))
-                            .collect(),
-                    );
-                    existing = find_key
-                        .query_row(params![keys, org, key], event_from_row)
-                        .optional()
-                        .context("looking up an idempotency key")?;
-                    if existing.is_some() {
-                        break;
-                    }
-                }
-                if let Some(existing) = existing {
-                    recorded.push(existing?);
-                    continue;
-                }
+            // out almost every new key.
+            if ctx.idempotency.may_contain(hash)
+                && let Some(existing) = find_idempotency_key(conn, org, key, hash)?
+            {
+                recorded.push(existing);
+                continue;
             }
         }
         let seq = ctx.next_id(conn, "EVT")?;
         ctx.first_event.get_or_insert(seq);
-        let keys = EventKeys::of(e, seq);
         insert_row(&mut insert, seq, e, created_at.timestamp())?;
-        ctx.keys.add(seq, &keys);
-        ctx.idempotency.record(seq, keys.idempotency);
+        ctx.idempotency.record(seq, hash);
         recorded.push(Event {
             id: EventId::new(year, seq),
             event_type: e.event_type.clone(),
@@ -802,12 +958,12 @@ mod tests {
         Catalog, EventFilter, IngestFormat, Order, Tenant, TypePattern, parse_ingest_body,
     };
 
-    use super::{delete_events_below, insert_events};
+    use super::{delete_events_below, indexed_through, insert_events};
     use crate::error::StoreError;
     use crate::sqlite::index_keys::{EVENTS_PER_EPOCH, KEY_TABLES};
     use crate::sqlite::test_support::{ORG, filter, ingest, numbers};
     use crate::sqlite::{DATABASE_FILE, SqliteStore, open_connection};
-    use crate::{PageRequest, Store};
+    use crate::{PageRequest, Store, SystemClock};
 
     const WS: &str = "WS-26-000021";
 
@@ -849,12 +1005,28 @@ mod tests {
         }
     }
 
+    /// A store that leaves up to `index_tail` events unindexed.
+    fn store_with_tail(dir: &std::path::Path, index_tail: u64) -> SqliteStore {
+        SqliteStore::open_with(dir, std::sync::Arc::new(SystemClock), index_tail).unwrap()
+    }
+
+    /// Index tails to test with: none (every group indexes its events), a few events (most
+    /// of a test's events indexed, the newest not), and endless (nothing indexed).
+    const TAILS: [u64; 3] = [0, 4, u64::MAX];
+
     /// Events in epochs 0, 1, 2 and 5 (3 and 4 hold none): every epoch-keyed filter finds
-    /// them all, in order both ways, across page and epoch boundaries.
+    /// them all, in order both ways, across page and epoch boundaries, and across the
+    /// boundary between indexed events and the index tail.
     #[tokio::test]
     async fn walks_cross_epochs_in_order_both_ways() {
+        for tail in TAILS {
+            walks_cross_epochs(tail).await;
+        }
+    }
+
+    async fn walks_cross_epochs(tail: u64) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let store = store_with_tail(dir.path(), tail);
         let e = EVENTS_PER_EPOCH;
         let mut expected = Vec::new();
         for (next, count) in [(1, 3), (2 * e - 2, 4), (5 * e + 10, 2)] {
@@ -919,13 +1091,17 @@ mod tests {
             },
         ];
         for f in &filters {
-            assert_eq!(every_page(&store, f, Order::Asc).await, expected, "{f:?}");
+            assert_eq!(
+                every_page(&store, f, Order::Asc).await,
+                expected,
+                "tail {tail}, {f:?}"
+            );
             let mut newest_first = expected.clone();
             newest_first.reverse();
             assert_eq!(
                 every_page(&store, f, Order::Desc).await,
                 newest_first,
-                "{f:?}"
+                "tail {tail}, {f:?}"
             );
         }
         // A bound inside an epoch cuts it: only events numbered below 2e + 3, newest first.
@@ -939,24 +1115,40 @@ mod tests {
             .await
             .unwrap();
         let numbers: Vec<u64> = got.items.iter().map(|e| e.id.number).collect();
-        assert_eq!(numbers, [2 * e + 2, 2 * e, 2 * e - 2]);
+        assert_eq!(numbers, [2 * e + 2, 2 * e, 2 * e - 2], "tail {tail}");
         assert!(got.has_more);
+        // How far the index reached: the test covered what it says.
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        let through = indexed_through(&conn).unwrap();
+        match tail {
+            0 => assert_eq!(through, 5 * e + 13),
+            // The jump to 5e + 10 was a tail of 4 numbers and more; the three after it wait.
+            4 => assert_eq!(through, 5 * e + 10),
+            _ => assert_eq!(through, 0),
+        }
     }
 
     /// A key first used in epoch 0 still answers from epoch 5, from the same process, from a
-    /// new one (the filter rebuilt from disk), and from a batch that repeats it itself.
+    /// new one (the filter rebuilt from disk), and from a batch that repeats it itself;
+    /// whether its first event is indexed or still in the index tail.
     #[tokio::test]
     async fn idempotency_keys_hold_across_epochs_and_restarts() {
+        for tail in TAILS {
+            idempotency_keys_hold(tail).await;
+        }
+    }
+
+    async fn idempotency_keys_hold(tail: u64) {
         let dir = tempfile::tempdir().unwrap();
         let first = {
-            let store = SqliteStore::open(dir.path()).unwrap();
+            let store = store_with_tail(dir.path(), tail);
             let first = ingest(&store, &body("invoice.paid", "INV-1", "USR-1", "k")).await;
             number_next(dir.path(), 5 * EVENTS_PER_EPOCH + 1);
             let again = ingest(&store, &body("invoice.paid", "INV-2", "USR-2", "k")).await;
             assert_eq!(again[0].id, first[0].id);
             first[0].id
         };
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let store = store_with_tail(dir.path(), tail);
         let again = ingest(&store, &body("invoice.paid", "INV-3", "USR-3", "k")).await;
         assert_eq!(again[0].id, first);
         let batch = format!(
@@ -1006,13 +1198,14 @@ mod tests {
             .sum()
     }
 
-    /// Entries wait in the writer until the end of the group: a job that rolls back (in its
-    /// savepoint) takes its own entries with it and none of the others', whether or not the
-    /// writer put the jobs in one group.
+    /// Entries are written from the rows at the end of a group: a job that rolls back (in
+    /// its savepoint) leaves no rows and so no entries, and takes none of the others',
+    /// whether or not the writer put the jobs in one group. Every group indexes its events
+    /// here (tail 0), so every entry is checked.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_rolled_back_leaves_no_index_entries_and_takes_none_of_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let store = std::sync::Arc::new(store_with_tail(dir.path(), 0));
         let events = |subject: &str| {
             parse_ingest_body(
                 body("invoice.paid", subject, "USR-26-000001", subject).as_bytes(),
@@ -1061,7 +1254,7 @@ mod tests {
     #[tokio::test]
     async fn the_sweep_removes_index_entries_with_their_events() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let store = store_with_tail(dir.path(), 0);
         for i in 0..10 {
             let key = format!("k{i}");
             ingest(
@@ -1092,5 +1285,62 @@ mod tests {
         assert_eq!(orphan_entries(dir.path()), 0);
         drop(conn);
         assert_eq!(numbers(&store, filter()).await, [8, 9, 10]);
+    }
+
+    /// The sweep takes events of the index tail too (they have no entries yet), and the
+    /// events recorded after it are indexed as usual: nothing is found twice or lost.
+    #[tokio::test]
+    async fn the_sweep_takes_events_of_the_index_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_tail(dir.path(), 4);
+        for i in 0..10 {
+            ingest(
+                &store,
+                &body(
+                    "invoice.paid",
+                    &format!("INV-{i}"),
+                    "USR-1",
+                    &format!("k{i}"),
+                ),
+            )
+            .await;
+        }
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        // Indexed in fours: 1–8; 9 and 10 wait in the tail.
+        assert_eq!(indexed_through(&conn).unwrap(), 8);
+        assert_eq!(delete_events_below(&conn, 10, 100).unwrap(), 9);
+        assert_eq!(orphan_entries(dir.path()), 0);
+        drop(conn);
+        assert_eq!(numbers(&store, filter()).await, [10]);
+        for i in 10..14 {
+            ingest(
+                &store,
+                &body(
+                    "invoice.paid",
+                    &format!("INV-{i}"),
+                    "USR-1",
+                    &format!("k{i}"),
+                ),
+            )
+            .await;
+        }
+        // 12 − 8 ≥ 4: the group of 12 indexed 10, 11 and 12 (read from their rows).
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        assert_eq!(indexed_through(&conn).unwrap(), 12);
+        let count = |t: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert!(
+            KEY_TABLES.iter().all(|t| count(t) == 3),
+            "entries of 10, 11, 12"
+        );
+        assert_eq!(orphan_entries(dir.path()), 0);
+        assert_eq!(numbers(&store, filter()).await, [10, 11, 12, 13, 14]);
+        // A swept key is free again; kept ones answer with their events, indexed or not.
+        for (key, number) in [("k3", 15), ("k10", 11), ("k13", 14), ("k9", 10)] {
+            let again = ingest(&store, &body("invoice.paid", "INV-x", "USR-1", key)).await;
+            assert_eq!(again[0].id.number, number, "{key}");
+        }
     }
 }

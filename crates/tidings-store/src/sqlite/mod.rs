@@ -47,9 +47,10 @@ use crate::delivery_types::{
 use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
 use crate::{Page, PageRequest, Store};
-use writer::{Job, WriterCtx};
+use writer::{Job, WriterCtx, WriterSettings};
 
 pub use baseline::RawSqliteBaseline;
+pub use events::DEFAULT_INDEX_TAIL;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "tidings.db";
@@ -71,6 +72,17 @@ impl SqliteStore {
 
     /// Like [`SqliteStore::open`], with the clock that stamps `created_at`.
     pub fn open_with_clock(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, clock, DEFAULT_INDEX_TAIL)
+    }
+
+    /// Like [`SqliteStore::open_with_clock`], leaving up to `index_tail` of the newest events
+    /// unindexed, read row by row, until the writer indexes them together (0: every write
+    /// group indexes its own events; see [`DEFAULT_INDEX_TAIL`]).
+    pub fn open_with(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+        index_tail: u64,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
@@ -83,8 +95,11 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("tidings-sqlite-writer".into())
             .spawn({
-                let clock = Arc::clone(&clock);
-                move || writer::run(conn, rx, clock)
+                let settings = WriterSettings {
+                    clock: Arc::clone(&clock),
+                    index_tail,
+                };
+                move || writer::run(conn, rx, settings)
             })
             .map_err(|source| StoreError::DataDir {
                 path: path.display().to_string(),

@@ -301,6 +301,20 @@ DROP INDEX events_by_workspace;
 DROP INDEX events_by_idempotency;
 "#,
     ),
+    (
+        9,
+        r#"
+-- The index tables hold entries for every event numbered up to `seq` and for none after
+-- it. The writer indexes the newest events in bulk, once enough of them wait (the index
+-- tail, events.rs); until then, queries and idempotency lookups read those rows from
+-- `events` directly. Every stored event is indexed already.
+CREATE TABLE indexed_through (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    seq  INTEGER NOT NULL
+);
+INSERT INTO indexed_through (only, seq) VALUES (1, coalesce((SELECT max(seq) FROM events), 0));
+"#,
+    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction.
@@ -377,8 +391,10 @@ mod tests {
     use tidings_domain::{EventFilter, TypePattern};
 
     use super::*;
+    use crate::SystemClock;
     use crate::sqlite::test_support::{ORG, filter, found_by_each, ingest, numbers};
     use crate::sqlite::{DATABASE_FILE, SqliteStore, open_connection};
+    use std::sync::Arc;
 
     /// Events stored before migration 5 (no index keys) are found by every filter after
     /// migrations 5 and 6, in whichever epoch their numbers put them, and their idempotency
@@ -633,5 +649,42 @@ mod tests {
         );
         let recorded = ingest(&store, &again).await;
         assert_eq!(recorded[0].id.number, 2);
+    }
+
+    /// Events indexed before schema 9 are its indexed events: the migration starts the
+    /// index tail after the newest, so the next group that indexes does not index them
+    /// again (a second entry would be refused, and the group with it).
+    #[tokio::test]
+    async fn events_indexed_before_the_index_tail_are_not_indexed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = |key: &str| {
+            format!(
+                r#"{{"type":"invoice.paid","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}},"idempotency_key":"{key}"}}"#
+            )
+        };
+        let open = || SqliteStore::open_with(dir.path(), Arc::new(SystemClock), 0).unwrap();
+        {
+            let store = open();
+            for key in ["a", "b", "c"] {
+                ingest(&store, &event(key)).await;
+            }
+        }
+        {
+            // Back to schema 8, whose writer indexed every event as it went.
+            let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+            conn.execute_batch(
+                "DROP TABLE indexed_through; DELETE FROM schema_migrations WHERE version = 9",
+            )
+            .unwrap();
+        }
+        let store = open();
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        let through: i64 = conn
+            .query_row("SELECT seq FROM indexed_through", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(through, 3);
+        ingest(&store, &event("d")).await;
+        assert_eq!(numbers(&store, filter()).await, [1, 2, 3, 4]);
+        assert_eq!(ingest(&store, &event("b")).await[0].id.number, 2);
     }
 }

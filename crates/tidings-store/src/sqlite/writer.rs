@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::events::KeyEntries;
 use super::idempotency_filter::IdempotencyFilter;
 use crate::clock::Clock;
 use crate::error::{Context, StoreError};
@@ -117,9 +116,6 @@ pub(crate) struct WriterCtx<'a> {
     /// The first event numbered in this group, if any: with `event_time`, the group's row
     /// of `event_seconds`, written at the end of the group.
     pub first_event: Option<u64>,
-    /// Index entries of this group's events, written at its end, before each job that
-    /// runs in a savepoint, and whenever the group itself reads them.
-    pub keys: KeyEntries,
 }
 
 /// What a job that rolls back must put back in the context.
@@ -128,7 +124,6 @@ struct Snapshot {
     learnt_workspaces: HashMap<String, String>,
     idempotency_seen: u64,
     first_event: Option<u64>,
-    keys: [usize; 6],
 }
 
 impl WriterCtx<'_> {
@@ -184,7 +179,6 @@ impl WriterCtx<'_> {
             learnt_workspaces: self.learnt_workspaces.clone(),
             idempotency_seen: self.idempotency.seen_through(),
             first_event: self.first_event,
-            keys: self.keys.lens(),
         }
     }
 
@@ -193,11 +187,17 @@ impl WriterCtx<'_> {
         self.learnt_workspaces = snapshot.learnt_workspaces;
         self.idempotency.rewind(snapshot.idempotency_seen);
         self.first_event = snapshot.first_event;
-        self.keys.truncate(snapshot.keys);
     }
 }
 
-pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>) {
+/// What the writer is set up with.
+pub(crate) struct WriterSettings {
+    pub clock: Arc<dyn Clock>,
+    /// Events left in the index tail before a group indexes them (`events::index_tail`).
+    pub index_tail: u64,
+}
+
+pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: WriterSettings) {
     let mut workspaces: HashMap<String, String> = HashMap::new();
     let mut idempotency = IdempotencyFilter::new();
     while let Ok(first) = rx.recv() {
@@ -214,7 +214,7 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn 
         }
         run_group(
             &mut conn,
-            clock.now(),
+            &settings,
             &mut workspaces,
             &mut idempotency,
             group,
@@ -225,7 +225,7 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, clock: Arc<dyn 
 
 fn run_group(
     conn: &mut Connection,
-    now: DateTime<Utc>,
+    settings: &WriterSettings,
     workspaces: &mut HashMap<String, String>,
     idempotency: &mut IdempotencyFilter,
     group: Vec<Job>,
@@ -237,14 +237,13 @@ fn run_group(
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting a write transaction")?;
         let mut ctx = WriterCtx {
-            now,
+            now: settings.clock.now(),
             ids: HashMap::new(),
             event_time: None,
             known_workspaces: workspaces,
             learnt_workspaces: HashMap::new(),
             idempotency: &mut *idempotency,
             first_event: None,
-            keys: KeyEntries::default(),
         };
         // Savepoint statements prepared once (rusqlite's `savepoint()` parses them anew on
         // every call, a tenth of the writer's time with single-event requests).
@@ -260,9 +259,6 @@ fn run_group(
         for job in group {
             // If this fails, the remaining jobs are dropped and their callers get an error.
             if job.savepoint {
-                // Entries written inside the savepoint are its job's alone, so rolling it
-                // back takes nothing from the others.
-                ctx.keys.flush(&tx)?;
                 open.execute([]).context("opening a job savepoint")?;
             }
             let snapshot = ctx.snapshot();
@@ -288,7 +284,9 @@ fn run_group(
             }
         }
         drop((open, release, undo));
-        ctx.keys.flush(&tx)?;
+        if ctx.first_event.is_some() {
+            super::events::index_tail(&tx, settings.index_tail)?;
+        }
         let mut advance = tx
             .prepare_cached(
                 "INSERT INTO id_sequences (prefix, last) VALUES (?1, ?2)
