@@ -18,6 +18,7 @@
 
 use std::rc::Rc;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::vtab::array::Array;
@@ -720,12 +721,30 @@ pub(crate) fn indexed_through(conn: &Connection) -> Result<u64, StoreError> {
         .map(|s| s as u64)
 }
 
-/// Default of [`index_tail`]'s `limit`: tails of up to this many events are read row by
-/// row. Writing entries for 2,048 events at once instead of a commit's few dozen touches
-/// each index page a commit would have touched for one entry a few dozen times over, which
-/// made single-event requests ~1.7 times faster; a query reads this many rows at most
-/// besides its index walk. BENCHMARKS.md has both measurements.
-pub const DEFAULT_INDEX_TAIL: u64 = 2_048;
+/// When the writer indexes the newest events ([`index_tail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexTail {
+    /// Index them at the end of a group once the newest is this many numbers past the
+    /// last indexed (0: every group indexes its own).
+    pub events: u64,
+    /// Also index whatever waits once no write has come for this long (`None`: never).
+    pub idle: Option<Duration>,
+}
+
+impl Default for IndexTail {
+    /// 2,048 events, or 50 ms without writes. Writing entries for 2,048 events at once
+    /// instead of a commit's few dozen touches each index page a commit would have
+    /// touched for one entry dozens of times over: single-event requests went ~1.4 times
+    /// faster without HTTP (BENCHMARKS.md). A query reads at most that many rows besides
+    /// its index walk while events keep coming; once they stop for 50 ms the tail is
+    /// indexed, so a store written now and then has none.
+    fn default() -> Self {
+        Self {
+            events: 2_048,
+            idle: Some(Duration::from_millis(50)),
+        }
+    }
+}
 
 /// Writes the index entries of the events after [`indexed_through`] once the newest is
 /// `limit` numbers or more past it (any, if `limit` is 0; numbers a rolled-back write left
@@ -958,7 +977,7 @@ mod tests {
         Catalog, EventFilter, IngestFormat, Order, Tenant, TypePattern, parse_ingest_body,
     };
 
-    use super::{delete_events_below, indexed_through, insert_events};
+    use super::{IndexTail, delete_events_below, indexed_through, insert_events};
     use crate::error::StoreError;
     use crate::sqlite::index_keys::{EVENTS_PER_EPOCH, KEY_TABLES};
     use crate::sqlite::test_support::{ORG, filter, ingest, numbers};
@@ -1005,9 +1024,10 @@ mod tests {
         }
     }
 
-    /// A store that leaves up to `index_tail` events unindexed.
-    fn store_with_tail(dir: &std::path::Path, index_tail: u64) -> SqliteStore {
-        SqliteStore::open_with(dir, std::sync::Arc::new(SystemClock), index_tail).unwrap()
+    /// A store that leaves up to `events` events unindexed, however long it waits.
+    fn store_with_tail(dir: &std::path::Path, events: u64) -> SqliteStore {
+        let tail = IndexTail { events, idle: None };
+        SqliteStore::open_with(dir, std::sync::Arc::new(SystemClock), tail).unwrap()
     }
 
     /// Index tails to test with: none (every group indexes its events), a few events (most
@@ -1342,5 +1362,42 @@ mod tests {
             let again = ingest(&store, &body("invoice.paid", "INV-x", "USR-1", key)).await;
             assert_eq!(again[0].id.number, number, "{key}");
         }
+    }
+
+    /// A pause in writes indexes the tail, however short it is.
+    #[tokio::test]
+    async fn a_pause_in_writes_indexes_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let tail = IndexTail {
+            events: u64::MAX,
+            idle: Some(std::time::Duration::from_millis(20)),
+        };
+        let store =
+            SqliteStore::open_with(dir.path(), std::sync::Arc::new(SystemClock), tail).unwrap();
+        let batch = format!(
+            r#"{{"events":[{},{},{}]}}"#,
+            body("invoice.paid", "INV-1", "USR-1", "a"),
+            body("invoice.paid", "INV-2", "USR-1", "b"),
+            body("invoice.paid", "INV-3", "USR-1", "c"),
+        );
+        ingest(&store, &batch).await;
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        let mut through = 0;
+        for _ in 0..500 {
+            through = indexed_through(&conn).unwrap();
+            if through == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(through, 3, "indexed within 5 s of the last write");
+        assert_eq!(orphan_entries(dir.path()), 0);
+        assert_eq!(numbers(&store, filter()).await, [1, 2, 3]);
+        assert_eq!(
+            ingest(&store, &body("invoice.paid", "INV-4", "USR-1", "b")).await[0]
+                .id
+                .number,
+            2
+        );
     }
 }

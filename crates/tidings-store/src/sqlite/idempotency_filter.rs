@@ -358,7 +358,11 @@ mod tests {
     async fn a_full_filter_is_rebuilt_without_losing_keys() {
         let dir = tempfile::tempdir().unwrap();
         // Every group indexes its events: the test reads keys from the index.
-        let store = SqliteStore::open_with(dir.path(), Arc::new(SystemClock), 0).unwrap();
+        let every_group = crate::sqlite::IndexTail {
+            events: 0,
+            idle: None,
+        };
+        let store = SqliteStore::open_with(dir.path(), Arc::new(SystemClock), every_group).unwrap();
         ingest_keyed(&store, 0..300).await;
         let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
         let mut filter = IdempotencyFilter::with_min_capacity(16);

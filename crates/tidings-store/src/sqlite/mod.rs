@@ -50,7 +50,7 @@ use crate::{Page, PageRequest, Store};
 use writer::{Job, WriterCtx, WriterSettings};
 
 pub use baseline::RawSqliteBaseline;
-pub use events::DEFAULT_INDEX_TAIL;
+pub use events::IndexTail;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "tidings.db";
@@ -72,16 +72,15 @@ impl SqliteStore {
 
     /// Like [`SqliteStore::open`], with the clock that stamps `created_at`.
     pub fn open_with_clock(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
-        Self::open_with(data_dir, clock, DEFAULT_INDEX_TAIL)
+        Self::open_with(data_dir, clock, IndexTail::default())
     }
 
-    /// Like [`SqliteStore::open_with_clock`], leaving up to `index_tail` of the newest events
-    /// unindexed, read row by row, until the writer indexes them together (0: every write
-    /// group indexes its own events; see [`DEFAULT_INDEX_TAIL`]).
+    /// Like [`SqliteStore::open_with_clock`], with the newest events left unindexed (read
+    /// row by row) until `index_tail` says the writer indexes them together.
     pub fn open_with(
         data_dir: &Path,
         clock: Arc<dyn Clock>,
-        index_tail: u64,
+        index_tail: IndexTail,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.display().to_string(),

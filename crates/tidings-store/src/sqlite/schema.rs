@@ -393,7 +393,7 @@ mod tests {
     use super::*;
     use crate::SystemClock;
     use crate::sqlite::test_support::{ORG, filter, found_by_each, ingest, numbers};
-    use crate::sqlite::{DATABASE_FILE, SqliteStore, open_connection};
+    use crate::sqlite::{DATABASE_FILE, IndexTail, SqliteStore, open_connection};
     use std::sync::Arc;
 
     /// Events stored before migration 5 (no index keys) are found by every filter after
@@ -662,7 +662,12 @@ mod tests {
                 r#"{{"type":"invoice.paid","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}},"idempotency_key":"{key}"}}"#
             )
         };
-        let open = || SqliteStore::open_with(dir.path(), Arc::new(SystemClock), 0).unwrap();
+        let every_group = IndexTail {
+            events: 0,
+            idle: None,
+        };
+        let open =
+            || SqliteStore::open_with(dir.path(), Arc::new(SystemClock), every_group).unwrap();
         {
             let store = open();
             for key in ["a", "b", "c"] {

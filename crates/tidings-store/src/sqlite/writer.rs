@@ -13,12 +13,14 @@
 //! fails any other way (an I/O error midway), the whole group is rolled back.
 
 use std::collections::HashMap;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::events::IndexTail;
 use super::idempotency_filter::IdempotencyFilter;
 use crate::clock::Clock;
 use crate::error::{Context, StoreError};
@@ -193,14 +195,40 @@ impl WriterCtx<'_> {
 /// What the writer is set up with.
 pub(crate) struct WriterSettings {
     pub clock: Arc<dyn Clock>,
-    /// Events left in the index tail before a group indexes them (`events::index_tail`).
-    pub index_tail: u64,
+    /// When the newest events are indexed.
+    pub index_tail: IndexTail,
 }
 
 pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: WriterSettings) {
     let mut workspaces: HashMap<String, String> = HashMap::new();
     let mut idempotency = IdempotencyFilter::new();
-    while let Ok(first) = rx.recv() {
+    // Whether events may wait in the index tail (so that a pause should index them).
+    let mut tail_waits = true;
+    loop {
+        let idle = settings.index_tail.idle.filter(|_| tail_waits);
+        let first = match idle.map(|idle| rx.recv_timeout(idle)) {
+            Some(Ok(job)) => job,
+            Some(Err(RecvTimeoutError::Timeout)) => {
+                // No writes for a while: index the tail now, so that queries need not
+                // read it until writes come again. Nobody waits for the answer.
+                let (reply, _) = oneshot::channel();
+                let job = Job::new(1, |conn, _| super::events::index_tail(conn, 0), reply);
+                run_group(
+                    &mut conn,
+                    &settings,
+                    &mut workspaces,
+                    &mut idempotency,
+                    vec![job],
+                );
+                tail_waits = false;
+                continue;
+            }
+            Some(Err(RecvTimeoutError::Disconnected)) => break,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
         let mut weight = first.weight;
         let mut group = vec![first];
         while weight < MAX_GROUP_WEIGHT {
@@ -212,7 +240,7 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: Write
                 Err(_) => break,
             }
         }
-        run_group(
+        tail_waits |= run_group(
             &mut conn,
             &settings,
             &mut workspaces,
@@ -223,16 +251,17 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: Write
     tracing::debug!("sqlite writer stopped");
 }
 
+/// Runs one group of jobs in one transaction; returns whether it recorded events.
 fn run_group(
     conn: &mut Connection,
     settings: &WriterSettings,
     workspaces: &mut HashMap<String, String>,
     idempotency: &mut IdempotencyFilter,
     group: Vec<Job>,
-) {
+) -> bool {
     let mut completions = Vec::with_capacity(group.len());
     let idempotency_seen = idempotency.seen_through();
-    let outcome = (|| -> Result<HashMap<String, String>, StoreError> {
+    let outcome = (|| -> Result<(HashMap<String, String>, bool), StoreError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("starting a write transaction")?;
@@ -285,7 +314,7 @@ fn run_group(
         }
         drop((open, release, undo));
         if ctx.first_event.is_some() {
-            super::events::index_tail(&tx, settings.index_tail)?;
+            super::events::index_tail(&tx, settings.index_tail.events)?;
         }
         let mut advance = tx
             .prepare_cached(
@@ -303,15 +332,17 @@ fn run_group(
             super::events::record_event_second(&tx, time.timestamp(), first)?;
         }
         let learnt = std::mem::take(&mut ctx.learnt_workspaces);
+        let recorded_events = ctx.first_event.is_some();
         tx.commit().context("committing a write group")?;
-        Ok(learnt)
+        Ok((learnt, recorded_events))
     })();
     match outcome {
-        Ok(learnt) => {
+        Ok((learnt, recorded_events)) => {
             workspaces.extend(learnt);
             for completion in completions {
                 completion(None);
             }
+            recorded_events
         }
         Err(e) => {
             tracing::error!(error = %e, jobs = completions.len(), "group commit failed");
@@ -320,6 +351,7 @@ fn run_group(
             for completion in completions {
                 completion(Some(&reason));
             }
+            false
         }
     }
 }

@@ -16,6 +16,7 @@ use tempfile::TempDir;
 use tidings::server::{RunningServer, ServerConfig, StoreLocation};
 use tidings_domain::webhook::RetrySchedule;
 use tidings_domain::{OrgId, Scope};
+use tidings_store::sqlite::IndexTail;
 use tidings_store::{Clock, ManualClock, SqliteStore, Store, SystemClock};
 
 /// The store the suite runs on.
@@ -180,13 +181,20 @@ impl TestStore {
         self.dir.path().to_str().expect("utf-8 temp path")
     }
 
-    /// Opens the store in this process. The embedded store indexes events in fives
-    /// (instead of the default thousands): a test's queries then read most of its events
-    /// through the index tables and the newest from the index tail, both parts.
+    /// Opens the store in this process. The embedded store indexes events in fives, and
+    /// not when idle (instead of thousands, or after 50 ms without writes): a test's
+    /// queries then read most of its events through the index tables and the newest from
+    /// the index tail, both parts.
     pub fn open(&self, clock: Arc<dyn Clock>) -> Arc<dyn Store> {
         match &self.database {
             Some(_) => self.location().open_blocking(clock).expect("open store"),
-            None => Arc::new(SqliteStore::open_with(self.path(), clock, 5).expect("open store")),
+            None => {
+                let tail = IndexTail {
+                    events: 5,
+                    idle: None,
+                };
+                Arc::new(SqliteStore::open_with(self.path(), clock, tail).expect("open store"))
+            }
         }
     }
 
