@@ -30,7 +30,9 @@ use error::ApiError;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<Catalog>,
-    pub webhooks: tidings_webhooks::WebhookServices,
+    /// Behind an `Arc`: the state is cloned for every request, and the retry schedule and
+    /// client inside would be copied each time.
+    pub webhooks: Arc<tidings_webhooks::WebhookServices>,
     /// Per-key limits on the public API; `None` on the ingest port, which the platform's own
     /// producers use (they are bounded by batch and body sizes instead).
     pub rate_limits: Option<Arc<rate_limit::RateLimits>>,

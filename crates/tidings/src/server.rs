@@ -259,7 +259,7 @@ impl RunningServer {
         let state = AppState {
             store: Arc::clone(&store),
             catalog: Arc::clone(&catalog),
-            webhooks: webhooks.clone(),
+            webhooks: Arc::new(webhooks.clone()),
             committed: Arc::new(watch::channel(0).0),
             openapi: Arc::default(),
             rate_limits: Some(Arc::new(RateLimits::new(
