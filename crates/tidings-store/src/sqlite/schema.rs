@@ -364,9 +364,13 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
             )
             .context("checking a migration")?;
         if !done {
-            if (5..=8).contains(version) {
-                // They rewrite or read every event's index entries: seconds per million
-                // events.
+            // They rewrite or read every event's index entries: seconds per million
+            // events. A new store (no events table yet, or an empty one) has none.
+            let has_events = *version > 1
+                && tx
+                    .query_row("SELECT EXISTS(SELECT 1 FROM events)", [], |r| r.get(0))
+                    .context("checking for stored events")?;
+            if (5..=8).contains(version) && has_events {
                 tracing::info!(
                     version,
                     "rebuilding the event indexes; this takes a while on a large store"
