@@ -734,8 +734,8 @@ pub struct IndexTail {
 impl Default for IndexTail {
     /// 2,048 events, or 50 ms without writes. Writing entries for 2,048 events at once
     /// instead of a commit's few dozen touches each index page a commit would have
-    /// touched for one entry dozens of times over: single-event requests went ~1.4 times
-    /// faster without HTTP (BENCHMARKS.md). A query reads at most that many rows besides
+    /// touched for one entry dozens of times over: the store took single-event requests
+    /// about twice as fast (BENCHMARKS.md). A query reads at most that many rows besides
     /// its index walk while events keep coming; once they stop for 50 ms the tail is
     /// indexed, so a store written now and then has none.
     fn default() -> Self {

@@ -212,7 +212,19 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: Write
                 // No writes for a while: index the tail now, so that queries need not
                 // read it until writes come again. Nobody waits for the answer.
                 let (reply, _) = oneshot::channel();
-                let job = Job::new(1, |conn, _| super::events::index_tail(conn, 0), reply);
+                let job = Job::new(
+                    1,
+                    |conn, _| {
+                        let indexed = super::events::index_tail(conn, 0);
+                        if let Err(e) = &indexed {
+                            // Nothing is lost: the tail stays readable, and the writer
+                            // tries again after the next write.
+                            tracing::warn!(error = %e, "indexing the index tail while idle failed");
+                        }
+                        indexed
+                    },
+                    reply,
+                );
                 run_group(
                     &mut conn,
                     &settings,
