@@ -81,6 +81,31 @@ pub(crate) fn list_scope<'a>(
     }
 }
 
+/// The text columns an event list compares for equality, each with its value: the
+/// organization (as scoped by [`list_scope`]), workspace, subject type, subject and actor
+/// the filter names. Both stores' event queries start from these.
+pub(crate) fn event_equalities<'a>(
+    org: Option<&'a str>,
+    filter: &'a EventFilter,
+) -> Vec<(&'static str, &'a str)> {
+    [
+        ("org", org),
+        (
+            "workspace",
+            filter.workspace_id.as_ref().map(|w| w.as_str()),
+        ),
+        (
+            "subject_type",
+            filter.subject_type.as_ref().map(|t| t.as_str()),
+        ),
+        ("subject_id", filter.subject_id.as_ref().map(|s| s.as_str())),
+        ("actor_id", filter.actor_id.as_ref().map(|a| a.as_str())),
+    ]
+    .into_iter()
+    .filter_map(|(column, value)| value.map(|v| (column, v)))
+    .collect()
+}
+
 /// Everything Tidings keeps. Implementations: [`SqliteStore`] (embedded) and [`PostgresStore`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -21,7 +21,7 @@ use crate::error::{Context, StoreError};
 use crate::rows::{into_page, two_digit_year};
 use crate::stored;
 pub(crate) use crate::stored::EVENT_COLUMNS;
-use crate::{Page, PageRequest, list_scope};
+use crate::{Page, PageRequest, event_equalities, list_scope};
 
 /// Maps a row selected with [`EVENT_COLUMNS`].
 pub(crate) fn event_from_row(row: &Row) -> Result<Event, StoreError> {
@@ -46,20 +46,8 @@ pub(crate) fn list_events(
     }
 
     let mut query = ListQuery::default();
-    if let Some(org) = org {
-        query.eq("org", org.to_string());
-    }
-    if let Some(ws) = &filter.workspace_id {
-        query.eq("workspace", ws.as_str().to_string());
-    }
-    if let Some(t) = &filter.subject_type {
-        query.eq("subject_type", t.as_str().to_string());
-    }
-    if let Some(t) = &filter.subject_id {
-        query.eq("subject_id", t.as_str().to_string());
-    }
-    if let Some(t) = &filter.actor_id {
-        query.eq("actor_id", t.as_str().to_string());
+    for (column, value) in event_equalities(org, filter) {
+        query.eq(column, value.to_string());
     }
     // The time bounds prune partitions; turned into event-number bounds (created_at never
     // decreases with seq), they also make the scan of an index ending in `seq` exact rather

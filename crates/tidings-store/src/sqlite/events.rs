@@ -39,7 +39,7 @@ use crate::error::{Context, StoreError};
 use crate::rows::{into_page, two_digit_year};
 use crate::stored;
 pub(crate) use crate::stored::EVENT_COLUMNS;
-use crate::{Page, PageRequest, list_scope};
+use crate::{Page, PageRequest, event_equalities, list_scope};
 
 /// `columns` (a list such as [`EVENT_COLUMNS`]) taken from `events AS e`, for a query that
 /// joins an index table to it.
@@ -233,23 +233,10 @@ fn exact_types(patterns: &[TypePattern]) -> Option<Vec<&str>> {
         .collect()
 }
 
-/// Adds the filter's equality conditions on text columns (organization, workspace,
-/// subject, actor) to `query`.
+/// Adds the filter's equality conditions on text columns to `query`.
 fn text_conditions(query: &mut ListQuery, org: Option<&str>, filter: &EventFilter) {
-    if let Some(org) = org {
-        query.eq("org", org.to_string());
-    }
-    if let Some(ws) = &filter.workspace_id {
-        query.eq("workspace", ws.as_str().to_string());
-    }
-    if let Some(t) = &filter.subject_type {
-        query.eq("subject_type", t.as_str().to_string());
-    }
-    if let Some(t) = &filter.subject_id {
-        query.eq("subject_id", t.as_str().to_string());
-    }
-    if let Some(t) = &filter.actor_id {
-        query.eq("actor_id", t.as_str().to_string());
+    for (column, value) in event_equalities(org, filter) {
+        query.eq(column, value.to_string());
     }
 }
 
@@ -1313,18 +1300,17 @@ mod tests {
     async fn the_sweep_takes_events_of_the_index_tail() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_tail(dir.path(), 4);
-        for i in 0..10 {
-            ingest(
-                &store,
-                &body(
-                    "invoice.paid",
-                    &format!("INV-{i}"),
-                    "USR-1",
-                    &format!("k{i}"),
-                ),
-            )
-            .await;
-        }
+        // Event i + 1 has subject INV-i and key ki, one request each.
+        let record = |range: std::ops::Range<u32>| {
+            let store = &store;
+            async move {
+                for i in range {
+                    let (subject, key) = (format!("INV-{i}"), format!("k{i}"));
+                    ingest(store, &body("invoice.paid", &subject, "USR-1", &key)).await;
+                }
+            }
+        };
+        record(0..10).await;
         let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
         // Indexed in fours: 1–8; 9 and 10 wait in the tail.
         assert_eq!(indexed_through(&conn).unwrap(), 8);
@@ -1332,18 +1318,7 @@ mod tests {
         assert_eq!(orphan_entries(dir.path()), 0);
         drop(conn);
         assert_eq!(numbers(&store, filter()).await, [10]);
-        for i in 10..14 {
-            ingest(
-                &store,
-                &body(
-                    "invoice.paid",
-                    &format!("INV-{i}"),
-                    "USR-1",
-                    &format!("k{i}"),
-                ),
-            )
-            .await;
-        }
+        record(10..14).await;
         // 12 − 8 ≥ 4: the group of 12 indexed 10, 11 and 12 (read from their rows).
         let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
         assert_eq!(indexed_through(&conn).unwrap(), 12);
