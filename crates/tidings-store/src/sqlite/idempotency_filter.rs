@@ -94,8 +94,9 @@ impl KeyBits {
         bits.all(|p| block[p / 64] & (1 << (p % 64)) != 0)
     }
 
-    /// A filter of every idempotency key `conn` sees, with room for half as many more, and
-    /// the newest event number it saw. Consistent when `conn` is inside a transaction.
+    /// A filter of every indexed idempotency key `conn` sees, sized for those of the index
+    /// tail too and half as many more, with the number the index reaches (see
+    /// [`Self::fill`]). Consistent when `conn` is inside a transaction.
     fn scan(conn: &Connection, min_capacity: u64) -> Snapshot {
         // Indexed keys, and keys of the index tail.
         let stored: u64 = conn
@@ -119,7 +120,7 @@ impl KeyBits {
     /// rows themselves (the index tail).
     fn fill(conn: &Connection, mut bits: Self) -> Snapshot {
         let started = std::time::Instant::now();
-        let newest = indexed_through(conn)?;
+        let through = indexed_through(conn)?;
         let mut read = conn
             .prepare("SELECT key FROM event_keys_idempotency")
             .context("preparing the idempotency key scan")?;
@@ -136,7 +137,7 @@ impl KeyBits {
             ms = started.elapsed().as_millis() as u64,
             "built the idempotency key filter"
         );
-        Ok((bits, newest))
+        Ok((bits, through))
     }
 
     /// [`Self::fill`] on a connection of its own, in one read transaction (a snapshot).

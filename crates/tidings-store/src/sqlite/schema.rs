@@ -365,12 +365,12 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
             .context("checking a migration")?;
         if !done {
             // They rewrite or read every event's index entries: seconds per million
-            // events. A new store (no events table yet, or an empty one) has none.
-            let has_events = *version > 1
+            // events. A new store has none to say that about.
+            if (5..=8).contains(version)
                 && tx
                     .query_row("SELECT EXISTS(SELECT 1 FROM events)", [], |r| r.get(0))
-                    .context("checking for stored events")?;
-            if (5..=8).contains(version) && has_events {
+                    .context("checking for stored events")?
+            {
                 tracing::info!(
                     version,
                     "rebuilding the event indexes; this takes a while on a large store"
