@@ -6,7 +6,9 @@
 //!
 //!     cargo run --release -p tidings --example store_ingest -- [events] [batch] [tasks]
 //!
-//! Defaults: 1,000,000 events in batches of 1,000 from 4 tasks. With `RAW=1` it inserts the
+//! Defaults: 1,000,000 events in batches of 1,000 from 4 tasks. With `RETRY=1` it then
+//! sends every batch again (every idempotency key repeated, as producers that lost the
+//! answers would) and reports that rate too. With `RAW=1` it inserts the
 //! same events into a bare database of the same schema instead (`RawSqliteBaseline`), one
 //! transaction per `batch × tasks` rows: the size of the store's write groups when every
 //! task's batch lands in one. Events are generated and parsed before the clock starts; the
@@ -53,11 +55,37 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let store = Arc::new(SqliteStore::open(dir.path())?);
+    let retries = std::env::var_os("RETRY").is_some().then(|| batches.clone());
+    send(
+        &store,
+        batches,
+        tasks,
+        &format!("store, batches of {batch} from {tasks} tasks"),
+    )
+    .await?;
+    if let Some(retries) = retries {
+        // Every event again, as producers that lost the answers would: each repeated key
+        // answers with the event first recorded.
+        let label = format!("store, the same batches again (every key repeated), {tasks} tasks");
+        send(&store, retries, tasks, &label).await?;
+    }
+    Ok(())
+}
+
+/// Sends `batches` to `store` from `tasks` concurrent tasks, each waiting for its batch to
+/// be durable before taking the next; reports the rate as `label`.
+async fn send(
+    store: &Arc<SqliteStore>,
+    batches: Vec<Vec<NewEvent>>,
+    tasks: usize,
+    label: &str,
+) -> anyhow::Result<()> {
+    let events = batches.iter().map(Vec::len).sum();
     let queue = Arc::new(Mutex::new(batches));
     let started = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..tasks {
-        let (store, queue) = (Arc::clone(&store), Arc::clone(&queue));
+        let (store, queue) = (Arc::clone(store), Arc::clone(&queue));
         senders.spawn(async move {
             let audit = AuditContext::system();
             loop {
@@ -75,11 +103,7 @@ async fn main() -> anyhow::Result<()> {
     while let Some(sent) = senders.join_next().await {
         sent.context("a sender failed")??;
     }
-    report(
-        &format!("store, batches of {batch} from {tasks} tasks"),
-        events,
-        started,
-    );
+    report(label, events, started);
     Ok(())
 }
 
