@@ -189,8 +189,9 @@ impl IdempotencyFilter {
         self.bits.as_ref().is_none_or(|bits| bits.may_contain(key))
     }
 
-    /// Notes that event `seq` was recorded with idempotency key `key` (stored form) on the
-    /// writer's connection, after [`Self::catch_up`].
+    /// Notes that event `seq` was recorded with idempotency key `key` (its index key, with
+    /// or without an epoch: only the hash bits count) on the writer's connection, after
+    /// [`Self::catch_up`].
     pub fn record(&mut self, seq: u64, key: Option<i64>) {
         let Some(bits) = &mut self.bits else {
             // Not built: the build will read this event from the database.

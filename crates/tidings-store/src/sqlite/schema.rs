@@ -306,8 +306,8 @@ DROP INDEX events_by_idempotency;
         r#"
 -- The index tables hold entries for every event numbered up to `seq` and for none after
 -- it. The writer indexes the newest events in bulk, once enough of them wait (the index
--- tail, events.rs); until then, queries and idempotency lookups read those rows from
--- `events` directly. Every stored event is indexed already.
+-- tail, events.rs); until then, queries read those rows from `events` directly. Every
+-- stored event is indexed already.
 CREATE TABLE indexed_through (
     only INTEGER PRIMARY KEY CHECK (only = 1),
     seq  INTEGER NOT NULL
