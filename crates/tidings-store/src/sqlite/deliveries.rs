@@ -408,7 +408,7 @@ pub(crate) fn record_attempt(
         .context("disabling a webhook")?;
     }
     if let Some(event) = report.event {
-        insert_events(conn, ctx, std::slice::from_ref(&event))?;
+        insert_events(conn, ctx, vec![event])?;
     }
     Ok(())
 }

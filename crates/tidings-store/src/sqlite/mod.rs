@@ -261,7 +261,7 @@ impl Store for SqliteStore {
         }
         let audit = audit.clone();
         self.write_checked(events.len(), move |conn, ctx| {
-            events::ingest(conn, ctx, &events, &audit)
+            events::ingest(conn, ctx, events, &audit)
         })
         .await
     }
