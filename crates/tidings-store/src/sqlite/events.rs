@@ -66,6 +66,14 @@ static FIND_IDEMPOTENCY_KEY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The event numbered `?1` if it was recorded in organization `?2` with idempotency key
+/// `?3`.
+static FIND_IDEMPOTENCY_KEY_IN_TAIL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1 AND org = ?2 AND idempotency_key = ?3"
+    )
+});
+
 /// Maps a row selected with [`EVENT_COLUMNS`]. The outer error is SQLite's, the inner one
 /// a row that does not hold a valid event.
 pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Event, StoreError>> {
@@ -799,18 +807,35 @@ pub(crate) fn delete_events_below(
 }
 
 /// The event first recorded with idempotency key `key` (whose [`index_key`] is `hash`) in
-/// `org`, if any, looked for epoch by epoch, newest first (a retry usually follows its
-/// first attempt closely). The index tail is indexed first: scanning its rows for each
-/// repeated key made a retried batch several times slower than the batch itself, and
-/// the entries are due anyway (a retried batch indexes the tail once; its other keys
-/// find it empty).
+/// `org`, if any. A retry usually follows its first attempt closely, so the newest events
+/// are looked at first: those of the index tail that the filter says may carry the key
+/// (`tail`, read by number), then the index, epoch by epoch, newest first. With `tail`
+/// unknown (`None`) the tail is indexed first.
 fn find_idempotency_key(
     conn: &Connection,
+    tail: Option<&[u64]>,
     org: &str,
     key: &str,
     hash: i64,
 ) -> Result<Option<Event>, StoreError> {
-    let through = index_tail(conn, 0)?;
+    let through = match tail {
+        Some(events) => {
+            let mut read = conn
+                .prepare_cached(&FIND_IDEMPOTENCY_KEY_IN_TAIL)
+                .context("preparing the idempotency lookup in the index tail")?;
+            for &seq in events {
+                let found = read
+                    .query_row(params![seq as i64, org, key], event_from_row)
+                    .optional()
+                    .context("looking up an idempotency key in the index tail")?;
+                if let Some(found) = found {
+                    return found.map(Some);
+                }
+            }
+            indexed_through(conn)?
+        }
+        None => index_tail(conn, 0)?,
+    };
     let mut find = conn
         .prepare_cached(&FIND_IDEMPOTENCY_KEY)
         .context("preparing the idempotency lookup")?;
@@ -908,7 +933,8 @@ pub(crate) fn insert_events(
             // this transaction: answer with the event first recorded. The filter rules
             // out almost every new key.
             if ctx.idempotency.may_contain(hash)
-                && let Some(existing) = find_idempotency_key(conn, org, key, hash)?
+                && let Some(existing) =
+                    find_idempotency_key(conn, ctx.idempotency.tail_events(hash), org, key, hash)?
             {
                 recorded.push(existing);
                 continue;
@@ -1170,21 +1196,35 @@ mod tests {
     }
 
     /// Two stores on one file (two processes): keys the other one recorded after this one
-    /// built its filter are still found, because each ingest first reads what is new.
+    /// built its filter are still found, because each ingest first reads what is new;
+    /// whether the other one indexed them or not. With a tail of 4 the other's key lands
+    /// just past the events it indexed, the first event this one must not forget when it
+    /// learns how far the index reaches.
     #[tokio::test]
     async fn idempotency_keys_recorded_by_another_process_hold() {
-        let dir = tempfile::tempdir().unwrap();
-        let one = SqliteStore::open(dir.path()).unwrap();
-        let other = SqliteStore::open(dir.path()).unwrap();
-        // Both build their filters now, before the key exists.
-        ingest(&one, &body("invoice.paid", "INV-1", "USR-1", "a")).await;
-        ingest(&other, &body("invoice.paid", "INV-2", "USR-2", "b")).await;
-        let recorded = ingest(&other, &body("invoice.paid", "INV-3", "USR-3", "shared")).await;
-        let again = ingest(&one, &body("invoice.paid", "INV-4", "USR-4", "shared")).await;
-        assert_eq!(again[0].id, recorded[0].id);
+        for tail in TAILS {
+            let dir = tempfile::tempdir().unwrap();
+            let one = store_with_tail(dir.path(), tail);
+            let other = store_with_tail(dir.path(), tail);
+            // Both build their filters now, before the key exists.
+            ingest(&one, &body("invoice.paid", "INV-1", "USR-1", "a")).await;
+            for key in ["b", "c", "d"] {
+                ingest(&other, &body("invoice.paid", "INV-2", "USR-2", key)).await;
+            }
+            let recorded = ingest(&other, &body("invoice.paid", "INV-3", "USR-3", "shared")).await;
+            assert_eq!(recorded[0].id.number, 5);
+            let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+            let indexed = match tail {
+                0 => 5,
+                4 => 4,
+                _ => 0,
+            };
+            assert_eq!(indexed_through(&conn).unwrap(), indexed);
+            let again = ingest(&one, &body("invoice.paid", "INV-4", "USR-4", "shared")).await;
+            assert_eq!(again[0].id, recorded[0].id, "tail {tail}");
+        }
     }
 
-    /// Index entries whose event row does not exist, over every index table.
     fn orphan_entries(dir: &std::path::Path) -> i64 {
         let conn = open_connection(&dir.join(DATABASE_FILE)).unwrap();
         KEY_TABLES

@@ -1,9 +1,20 @@
-//! Which idempotency keys the store may hold: a Bloom filter in the writer's memory.
+//! Which idempotency keys the store may hold: a Bloom filter in the writer's memory, and
+//! where the newest of them are.
 //!
 //! Idempotency entries carry their epoch (index_keys.rs), so finding a key means probing
 //! the epochs, newest first. Almost every key an ingest brings is new, and the filter says
 //! "certainly new" for those without touching the index; "maybe" (a key used before, or a
 //! false positive, under 2 in 1,000) probes the epochs.
+//!
+//! The index tables do not reach the newest events (the index tail, events.rs). For those
+//! the filter also keeps each key's event numbers by hash ([`IdempotencyFilter::tail_events`]):
+//! a "maybe" reads those rows by number, then walks the index. Before, a "maybe" indexed the
+//! tail first; with about one false positive per 1,000 keys that indexed it after every
+//! batch of 1,000 instead of every 2,048 events, and index pages written once per 1,000
+//! events instead of 2,048 cost a fifth of the store's batch rate (BENCHMARKS.md). The
+//! numbers are a hint, never an answer: the lookup compares the row's text, so an entry
+//! left by a write that rolled back, or by an event the sweep removed, costs a row read.
+//! Entries go once the index reaches their events (read before each ingest job).
 //!
 //! The filter is built on the first ingest from the idempotency index (a scan of its
 //! entries, about a second per 10M keys) and then follows every event the store records:
@@ -15,8 +26,9 @@
 //! rebuild reads the index on a thread of its own, from a snapshot (0.6 s at 4M keys); the
 //! writer keeps using the old filter meanwhile and then adds what was recorded after the
 //! snapshot. Memory: 16 bits per key it has room for (30 MB for 10M keyed events), twice that
-//! while a rebuild runs.
+//! while a rebuild runs, and a few bytes per keyed event of the index tail.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 
@@ -153,6 +165,14 @@ impl KeyBits {
     }
 }
 
+/// Notes that event `seq` carries key `key` (its hash bits) in `tail`, once.
+fn add_to_tail(tail: &mut HashMap<u64, Vec<u64>>, key: i64, seq: u64) {
+    let events = tail.entry(hash_part(key)).or_default();
+    if !events.contains(&seq) {
+        events.push(seq);
+    }
+}
+
 /// The newest event number stored (0 if none).
 fn newest_seq(conn: &Connection) -> Result<u64, StoreError> {
     Ok(stored_seq_range(conn)?.map_or(0, |(_, newest)| newest))
@@ -163,6 +183,11 @@ pub(crate) struct IdempotencyFilter {
     bits: Option<KeyBits>,
     /// Every stored event numbered up to this has its key in `bits`.
     seen_through: u64,
+    /// By [`hash_part`] of the key: the numbers of the events recorded with it after
+    /// `tail_from`, which include every keyed event of the index tail up to `seen_through`.
+    tail: HashMap<u64, Vec<u64>>,
+    /// Where the index reached when `tail` was last trimmed.
+    tail_from: u64,
     min_capacity: u64,
     /// A larger filter being built on another thread.
     rebuild: Option<Receiver<Snapshot>>,
@@ -178,6 +203,8 @@ impl IdempotencyFilter {
         Self {
             bits: None,
             seen_through: 0,
+            tail: HashMap::new(),
+            tail_from: 0,
             min_capacity,
             rebuild: None,
         }
@@ -199,8 +226,17 @@ impl IdempotencyFilter {
         };
         if let Some(key) = key {
             bits.add(key);
+            add_to_tail(&mut self.tail, key, seq);
         }
         self.seen_through = self.seen_through.max(seq);
+    }
+
+    /// The numbers of the events of the index tail that may carry key `key` (as stored, any
+    /// epoch), and maybe of a few indexed ones, after [`Self::catch_up`]. `None` when the
+    /// filter is not built: then it knows nothing of the tail.
+    pub fn tail_events(&self, key: i64) -> Option<&[u64]> {
+        self.bits.as_ref()?;
+        Some(self.tail.get(&hash_part(key)).map_or(&[], Vec::as_slice))
     }
 
     /// The newest event number whose key is in the filter.
@@ -254,22 +290,31 @@ impl IdempotencyFilter {
             // filter needs only each key's hash bits, which need no epoch.
             let mut read = conn
                 .prepare_cached(
-                    "SELECT org, idempotency_key FROM events
+                    "SELECT seq, org, idempotency_key FROM events
                      WHERE seq > ?1 AND idempotency_key IS NOT NULL",
                 )
                 .context("preparing the idempotency catch-up")?;
             let keys = read
                 .query_map([self.seen_through as i64], |r| {
-                    Ok(index_key(&[
-                        &r.get::<_, String>(0)?,
-                        &r.get::<_, String>(1)?,
-                    ]))
+                    let key = index_key(&[r.get_ref(1)?.as_str()?, r.get_ref(2)?.as_str()?]);
+                    Ok((r.get::<_, i64>(0)? as u64, key))
                 })
                 .context("reading idempotency keys recorded since the filter looked")?;
-            for key in keys {
-                bits.add(key.context("reading an idempotency key")?);
+            for row in keys {
+                let (seq, key) = row.context("reading an idempotency key")?;
+                bits.add(key);
+                add_to_tail(&mut self.tail, key, seq);
             }
             self.seen_through = newest;
+        }
+        let indexed = indexed_through(conn)?;
+        if indexed > self.tail_from {
+            // Those events are found in the index now.
+            self.tail.retain(|_, events| {
+                events.retain(|&seq| seq > indexed);
+                !events.is_empty()
+            });
+            self.tail_from = indexed;
         }
         if bits.len > bits.capacity && self.rebuild.is_none() {
             let path = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from);
