@@ -99,8 +99,13 @@ impl Job {
     }
 }
 
-/// Upper bound on the weight folded into one transaction; keeps a group's latency bounded.
-const MAX_GROUP_WEIGHT: usize = 20_000;
+/// A group takes no more jobs once it holds this much weight (events, for ingest). With
+/// the index tail a commit's own cost is about an fsync, a few milliseconds, so groups of
+/// 2,000 events lose little to it; larger groups made every producer wait for the same
+/// commit, and the writer then sat idle while they all sent their next batches. Four
+/// producers of 1,000-event batches over HTTP: 88.3k/88.9k events/s with groups of up to
+/// 20,000, 95.0k/94.7k with 2,000, 91.8k/89.7k with 1,000 (alternating runs; BENCHMARKS.md).
+const MAX_GROUP_WEIGHT: usize = 2_000;
 
 /// State shared by the jobs of one group: the clock reading, ID sequences, caches.
 pub(crate) struct WriterCtx<'a> {
