@@ -3,7 +3,9 @@
 //! All writes go through one writer thread fed by a channel; it folds every ingest request
 //! waiting at that moment into one transaction (group commit), so concurrent producers share
 //! one fsync. `synchronous=FULL` makes a commit survive a power cut, and the 201 is sent only
-//! after it. Reads run on a small pool of their own connections, off the async runtime.
+//! after it. Reads run on a small pool of their own connections, off the async runtime;
+//! the key lookup every request makes runs inline, on a connection of its own
+//! ([`SqliteStore::read_inline`]).
 
 mod audit;
 mod baseline;
@@ -59,6 +61,8 @@ pub const DATABASE_FILE: &str = "tidings.db";
 pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
     readers: Arc<ReadPool>,
+    /// The connection of [`SqliteStore::read_inline`]; opened on first use.
+    inline_reader: Mutex<Option<Connection>>,
     cursor_key: CursorKey,
     clock: Arc<dyn Clock>,
     path: PathBuf,
@@ -110,6 +114,7 @@ impl SqliteStore {
                 path: path.clone(),
                 idle: Mutex::new(Vec::new()),
             }),
+            inline_reader: Mutex::new(None),
             cursor_key,
             clock,
             path,
@@ -166,6 +171,29 @@ impl SqliteStore {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f`, a point read of a few microseconds, on the calling thread (an async
+    /// worker) with a connection kept for this, if that connection is free at once. Every
+    /// request looks its key up: handing that read to the blocking pool (a task, a thread
+    /// woken and parked again) cost several times the read itself, about a fifth of the
+    /// CPU of single-event ingest (BENCHMARKS.md). `None`: not done here (the connection
+    /// is in use, or the read failed — this connection never waits for a lock); the caller
+    /// reads through [`SqliteStore::read`] instead, which reports any error.
+    fn read_inline<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Option<T> {
+        let mut slot = self.inline_reader.try_lock().ok()?;
+        if slot.is_none() {
+            let conn = open_connection(&self.path).ok()?;
+            conn.busy_timeout(Duration::ZERO).ok()?;
+            *slot = Some(conn);
+        }
+        match f(slot.as_ref()?) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                tracing::debug!(error = %e, "an inline read failed; reading through the pool");
+                None
+            }
+        }
     }
 }
 
@@ -311,6 +339,9 @@ impl Store for SqliteStore {
     }
 
     async fn authenticate(&self, secret_hash: [u8; 32]) -> Result<Option<ApiKey>, StoreError> {
+        if let Some(found) = self.read_inline(|conn| keys::active_key_by_hash(conn, &secret_hash)) {
+            return Ok(found);
+        }
         self.read(move |conn| keys::active_key_by_hash(conn, &secret_hash))
             .await
     }
@@ -610,6 +641,47 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::Connection;
+    use tidings_domain::audit::AuditContext;
+    use tidings_domain::{NewApiKey, Scope};
+
+    use super::SqliteStore;
+    use crate::Store;
+
+    /// A key is found on the request's thread when the inline connection is free, and
+    /// through the pool when that connection is taken or its read fails; a revoked key is
+    /// refused at once.
+    #[tokio::test]
+    async fn keys_are_looked_up_inline_or_through_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let hash = [7u8; 32];
+        let new = NewApiKey {
+            organization_id: None,
+            scopes: vec![Scope::EventsIngest],
+            rate_limit: None,
+            description: None,
+        };
+        let audit = AuditContext::system();
+        let key = store.create_key(new, hash, &audit).await.unwrap();
+        let found = |k: Option<tidings_domain::ApiKey>| k.map(|k| k.id);
+
+        assert_eq!(found(store.authenticate(hash).await.unwrap()), Some(key.id));
+        assert!(store.inline_reader.lock().unwrap().is_some(), "read inline");
+        {
+            let _taken = store.inline_reader.lock().unwrap();
+            assert!(store.read_inline(|_| Ok(())).is_none());
+        }
+        // A connection whose reads fail (no such table): the pool answers.
+        *store.inline_reader.lock().unwrap() = Some(Connection::open_in_memory().unwrap());
+        assert_eq!(found(store.authenticate(hash).await.unwrap()), Some(key.id));
+
+        store.revoke_key(key.id, &audit).await.unwrap();
+        assert_eq!(found(store.authenticate(hash).await.unwrap()), None);
+        *store.inline_reader.lock().unwrap() = None;
+        assert_eq!(found(store.authenticate(hash).await.unwrap()), None);
+    }
+
     /// `.cargo/config.toml` builds SQLite without the process-wide page cache and memory
     /// statistics (about 10 % of ingest; DESIGN.md). This fails if that configuration stops
     /// reaching libsqlite3-sys's build.
