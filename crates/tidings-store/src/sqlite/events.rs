@@ -1225,6 +1225,7 @@ mod tests {
         }
     }
 
+    /// Index entries whose event row does not exist, over every index table.
     fn orphan_entries(dir: &std::path::Path) -> i64 {
         let conn = open_connection(&dir.join(DATABASE_FILE)).unwrap();
         KEY_TABLES

@@ -26,7 +26,8 @@
 //! rebuild reads the index on a thread of its own, from a snapshot (0.6 s at 4M keys); the
 //! writer keeps using the old filter meanwhile and then adds what was recorded after the
 //! snapshot. Memory: 16 bits per key it has room for (30 MB for 10M keyed events), twice that
-//! while a rebuild runs, and a few bytes per keyed event of the index tail.
+//! while a rebuild runs, and about 60 bytes per keyed event of the index tail (a few
+//! thousand events).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
