@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde::ser::SerializeMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -108,23 +109,75 @@ pub struct ChainedRecord {
     pub hash: [u8; 32],
 }
 
-/// Sorts object keys recursively, in place, so equal values always serialize to equal bytes.
-fn sort_keys(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.sort_keys();
-            m.values_mut().for_each(sort_keys);
+/// A record's fields in the canonical form's key order (sorted), borrowed.
+#[derive(Serialize)]
+struct CanonicalRecord<'a> {
+    action: &'a str,
+    actor: IdAndType<'a>,
+    changes: SortedKeys<'a>,
+    #[serde(serialize_with = "serialize_timestamp")]
+    created_at: DateTime<Utc>,
+    id: &'a AuditId,
+    organization_id: &'a Option<OrgId>,
+    request_id: &'a Option<String>,
+    resource: IdAndType<'a>,
+    source_ip: &'a Option<String>,
+    user_agent: &'a Option<String>,
+}
+
+/// An actor or a resource, keys in order.
+#[derive(Serialize)]
+struct IdAndType<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+/// A JSON value written with every object's keys sorted.
+struct SortedKeys<'a>(&'a Value);
+
+impl Serialize for SortedKeys<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Object(m) => {
+                let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    map.serialize_entry(k, &SortedKeys(v))?;
+                }
+                map.end()
+            }
+            Value::Array(a) => s.collect_seq(a.iter().map(SortedKeys)),
+            other => other.serialize(s),
         }
-        Value::Array(a) => a.iter_mut().for_each(sort_keys),
-        _ => {}
     }
 }
 
-/// The bytes a record's hash covers: its JSON with keys sorted.
+/// The bytes a record's hash covers: its JSON with keys sorted, at every level. Written
+/// directly from the record: building a `Value` of it and sorting that was most of the
+/// hashing cost, which the writer pays for each organization of each ingest batch
+/// (BENCHMARKS.md). A test pins the bytes to the form first released.
 pub fn canonical(record: &AuditRecord) -> Vec<u8> {
-    let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
-    sort_keys(&mut v);
-    serde_json::to_vec(&v).unwrap_or_default()
+    let canonical = CanonicalRecord {
+        action: &record.action,
+        actor: IdAndType {
+            id: &record.actor.id,
+            kind: &record.actor.actor_type,
+        },
+        changes: SortedKeys(&record.changes),
+        created_at: record.created_at,
+        id: &record.id,
+        organization_id: &record.organization_id,
+        request_id: &record.request_id,
+        resource: IdAndType {
+            id: &record.resource.id,
+            kind: &record.resource.resource_type,
+        },
+        source_ip: &record.source_ip,
+        user_agent: &record.user_agent,
+    };
+    serde_json::to_vec(&canonical).unwrap_or_default()
 }
 
 pub fn chain_hash(prev_hash: &[u8; 32], record: &AuditRecord) -> [u8; 32] {
@@ -253,6 +306,20 @@ mod tests {
         for n in 1..20 {
             assert_eq!(canonical(&record(n)), reference_canonical(&record(n)));
         }
+        // Absent fields, text that needs escaping, numbers of every kind, nesting.
+        let mut r = record(8);
+        r.organization_id = None;
+        r.request_id = None;
+        r.source_ip = None;
+        r.user_agent = Some("curl/8 \"quoted\" \\ tab\t \u{1}".into());
+        r.resource.id = "ünïcode ☃".into();
+        r.changes = json!({
+            "after": {"n": [-1, 0, 18446744073709551615u64, 1.5, -2.25e-7, null, "", {}]},
+            "before": [], "ab": {"b": {"b": {"a": 1}}, "a": [[{"z": 0, "y": 1}]]},
+        });
+        assert_eq!(canonical(&r), reference_canonical(&r));
+        r.changes = json!("not an object");
+        assert_eq!(canonical(&r), reference_canonical(&r));
     }
 
     fn chain(n: u64) -> Vec<ChainedRecord> {
