@@ -137,3 +137,20 @@ pub struct NewEvent {
     pub payload: Box<RawValue>,
     pub idempotency_key: Option<String>,
 }
+
+impl NewEvent {
+    /// The event as recorded, numbered `id` at `created_at` (the idempotency key is not
+    /// part of an event's public form).
+    pub fn recorded(self, id: EventId, created_at: DateTime<Utc>) -> Event {
+        Event {
+            id,
+            event_type: self.event_type,
+            organization_id: self.organization_id,
+            workspace_id: self.workspace_id,
+            actor: self.actor,
+            subject: self.subject,
+            payload: self.payload,
+            created_at,
+        }
+    }
+}

@@ -434,16 +434,8 @@ fn record_batches(
     let year = two_digit_year(created_at);
     let new_event = |i: usize| {
         let (seq, e) = fresh[i];
-        Event {
-            id: EventId::new(year, seq as u64),
-            event_type: e.event_type.clone(),
-            organization_id: e.organization_id.clone(),
-            workspace_id: e.workspace_id.clone(),
-            actor: e.actor.clone(),
-            subject: e.subject.clone(),
-            payload: e.payload.clone(),
-            created_at,
-        }
+        e.clone()
+            .recorded(EventId::new(year, seq as u64), created_at)
     };
     Ok(slots
         .into_iter()

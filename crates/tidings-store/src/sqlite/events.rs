@@ -944,25 +944,7 @@ pub(crate) fn insert_events(
         ctx.first_event.get_or_insert(seq);
         insert_row(&mut insert, seq, &e, created_at.timestamp())?;
         ctx.idempotency.record(seq, hash);
-        let NewEvent {
-            event_type,
-            organization_id,
-            workspace_id,
-            actor,
-            subject,
-            payload,
-            idempotency_key: _,
-        } = e;
-        recorded.push(Event {
-            id: EventId::new(year, seq),
-            event_type,
-            organization_id,
-            workspace_id,
-            actor,
-            subject,
-            payload,
-            created_at,
-        });
+        recorded.push(e.recorded(EventId::new(year, seq), created_at));
     }
     Ok(recorded)
 }
