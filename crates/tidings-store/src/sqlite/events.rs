@@ -1227,14 +1227,12 @@ mod tests {
             .sum()
     }
 
-    /// Entries are written from the rows at the end of a group: a job that rolls back (in
-    /// its savepoint) leaves no rows and so no entries, and takes none of the others',
-    /// whether or not the writer put the jobs in one group. Every group indexes its events
-    /// here (tail 0), so every entry is checked.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_job_rolled_back_leaves_no_index_entries_and_takes_none_of_the_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(store_with_tail(dir.path(), 0));
+    /// Thirty pairs of jobs sent at once: one records events with subject and idempotency
+    /// key `BAD-i` and then fails (rolled back in its savepoint), the other ingests `INV-i`
+    /// (both the same). Returns what the kept ones recorded.
+    async fn kept_and_rolled_back(
+        store: &std::sync::Arc<SqliteStore>,
+    ) -> Vec<tidings_domain::Event> {
         let events = |subject: &str| {
             parse_ingest_body(
                 body("invoice.paid", subject, "USR-26-000001", subject).as_bytes(),
@@ -1263,6 +1261,18 @@ mod tests {
         while let Some(done) = tasks.join_next().await {
             kept.extend(done.unwrap());
         }
+        kept
+    }
+
+    /// Entries are written from the rows at the end of a group: a job that rolls back (in
+    /// its savepoint) leaves no rows and so no entries, and takes none of the others',
+    /// whether or not the writer put the jobs in one group. Every group indexes its events
+    /// here (tail 0), so every entry is checked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_rolled_back_leaves_no_index_entries_and_takes_none_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(store_with_tail(dir.path(), 0));
+        let kept = kept_and_rolled_back(&store).await;
         assert_eq!(orphan_entries(dir.path()), 0);
         for e in kept {
             let found = crate::sqlite::test_support::found_by_each(
@@ -1277,6 +1287,32 @@ mod tests {
             assert_eq!(found[2], [e.id.number], "{e:?}");
             assert!(found.iter().all(|f| f.contains(&e.id.number)), "{found:?}");
         }
+    }
+
+    /// A job that rolled back never used its idempotency keys, though the filter noted
+    /// them with event numbers that other events then took: sent again, each key records a
+    /// new event, and the kept events' keys still answer with those events. Nothing is
+    /// indexed here, so every lookup goes through the index tail's numbers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_of_a_rolled_back_job_were_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(store_with_tail(dir.path(), u64::MAX));
+        let kept = kept_and_rolled_back(&store).await;
+        for e in &kept {
+            let i = e.subject.id.as_str().trim_start_matches("INV-");
+            let bad = format!("BAD-{i}");
+            let again = ingest(&store, &body("invoice.paid", &bad, "USR-26-000001", &bad)).await;
+            assert_eq!(again[0].subject.id.as_str(), bad);
+            assert!(kept.iter().all(|k| k.id != again[0].id), "{again:?}");
+            let subject = e.subject.id.as_str();
+            let repeat = ingest(
+                &store,
+                &body("invoice.paid", subject, "USR-26-000001", subject),
+            )
+            .await;
+            assert_eq!(repeat[0].id, e.id);
+        }
+        assert_eq!(numbers(&store, filter()).await.len(), 60);
     }
 
     /// The retention sweep removes an event's index entries with it.
