@@ -10,8 +10,9 @@
 //! sends every batch again (every idempotency key repeated, as producers that lost the
 //! answers would) and reports that rate too. With `RAW=1` it inserts the
 //! same events into a bare database of the same schema instead (`RawSqliteBaseline`), one
-//! transaction per `batch × tasks` rows: the size of the store's write groups when every
-//! task's batch lands in one. Events are generated and parsed before the clock starts; the
+//! transaction per `batch × tasks` rows: every task's batch in one (the store's write
+//! groups stop at 2,000 events, so with batches of 1,000 from 4 tasks the baseline's
+//! transactions are twice the store's). Events are generated and parsed before the clock starts; the
 //! store is created in a temporary directory under the current one.
 
 use std::sync::{Arc, Mutex};
