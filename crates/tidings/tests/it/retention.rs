@@ -2,13 +2,13 @@
 
 use chrono::Duration;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use tidings::server::sweep_until_done;
 use tidings_domain::Scope;
 use tidings_store::RetentionPolicy;
 
 use crate::harness::{Options, TestApp, event};
-use crate::receiver::Receiver;
+use crate::receiver::{Plan, Receiver};
 
 const ORG: &str = "ORG-26-090500";
 
@@ -159,5 +159,92 @@ async fn a_large_sweep_runs_in_batches_while_queries_keep_answering() {
             .walk(&key, &format!("/v1/events?organization_id={ORG}&{bounds}"))
             .await;
         assert_eq!(page.len(), found, "{bounds}");
+    }
+}
+
+/// A delivery still owed when retention takes its event has nothing left to send: the next
+/// claim closes it as failed, and the receiver never hears of it again.
+#[tokio::test]
+async fn a_delivery_whose_event_retention_took_is_closed_unsent() {
+    let app = TestApp::spawn_with(Options {
+        allow_private_webhooks: true,
+        retry_schedule: "10s",
+        ..Options::default()
+    })
+    .await;
+    let key = app
+        .org_key(
+            ORG,
+            &[Scope::EventsRead, Scope::WebhooksRead, Scope::WebhooksWrite],
+        )
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.set_plan(Plan::Status(500, None));
+    let (status, hook) = app
+        .send(
+            reqwest::Method::POST,
+            &key,
+            "/v1/webhooks",
+            Some(json!({"url": receiver.url, "event_types": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let log = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    app.ingest(&[event(ORG, json!({})), event(ORG, json!({}))])
+        .await;
+    // Each first attempt fails and is recorded; the retries are due 10 s later (the test
+    // clock only moves when told to).
+    let first_attempts = |d: &[Value]| {
+        d.len() == 2
+            && d.iter()
+                .all(|d| d["status"] == "pending" && d["attempts"].as_array().unwrap().len() == 1)
+    };
+    wait_for_deliveries(&app, &key, &log, first_attempts).await;
+
+    // Events are kept 1 s here: 2 s later they are swept, before their retries are due.
+    receiver.set_plan(Plan::Ok);
+    app.clock.advance(Duration::seconds(2));
+    let policy = RetentionPolicy {
+        events: std::time::Duration::from_secs(1),
+        ..RetentionPolicy::default()
+    };
+    let swept = sweep_until_done(app.store.as_ref(), policy).await.unwrap();
+    assert_eq!((swept.events, swept.deliveries), (2, 0));
+
+    app.clock.advance(Duration::seconds(20));
+    let closed = |d: &[Value]| d.len() == 2 && d.iter().all(|d| d["status"] == "failed");
+    let deliveries = wait_for_deliveries(&app, &key, &log, closed).await;
+    for d in &deliveries {
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+        assert!(d["next_attempt_at"].is_null(), "{d}");
+    }
+    // Let a wrongly leased delivery reach the receiver, if one was.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let sent = receiver
+        .deliveries()
+        .iter()
+        .filter(|r| !r.is_verification())
+        .count();
+    assert_eq!(sent, 2, "only the first attempts were sent");
+}
+
+/// The webhook's deliveries (`log`) once `done` holds, or after 20 s.
+async fn wait_for_deliveries(
+    app: &TestApp,
+    key: &str,
+    log: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let deliveries = app.walk(key, log).await;
+        if done(&deliveries) {
+            return deliveries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deliveries never got there: {deliveries:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
