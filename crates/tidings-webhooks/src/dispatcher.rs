@@ -7,15 +7,20 @@
 //! endpoints keep being served at full speed. Leases make a delivery
 //! one worker's at a time; a worker that dies leaves leases that run out, and the work
 //! comes back.
+//!
+//! Claims run ahead of the slots: an endpoint may hold as many claimed deliveries waiting
+//! as it has slots, and a slot that frees starts the next waiting one at once. Without
+//! that, every slot waited for a claim (a store round trip, several on PostgreSQL) between
+//! two requests, which bounded one endpoint at about `per_endpoint / (claim + request)`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tidings_domain::ids::WebhookId;
 use tidings_domain::webhook::RetrySchedule;
-use tidings_store::{ClaimRequest, Clock, Store};
+use tidings_store::{ClaimRequest, ClaimedDelivery, Clock, Store};
 use tokio::sync::{Notify, watch};
 
 use crate::{WebhookClient, record_attempt, send_attempt};
@@ -55,13 +60,128 @@ enum Claimed {
     Full,
 }
 
-/// In-flight attempts per webhook, shared with the attempt tasks.
-#[derive(Default)]
-struct InFlight {
+/// In-flight attempts per webhook, shared with the attempt tasks. `D` is a claimed
+/// delivery (generic only so that tests can use plain numbers).
+struct InFlight<D = ClaimedDelivery> {
     /// Requests waiting for each endpoint's answer.
     per_webhook: HashMap<WebhookId, usize>,
-    /// Attempts started and not yet recorded, all endpoints.
+    /// Claimed deliveries waiting for a free slot of their endpoint, oldest first, with
+    /// when they were claimed.
+    waiting: HashMap<WebhookId, VecDeque<(Instant, D)>>,
+    /// Attempts claimed (waiting or started) and not yet recorded, all endpoints.
     total: usize,
+}
+
+impl<D> Default for InFlight<D> {
+    fn default() -> Self {
+        Self {
+            per_webhook: HashMap::new(),
+            waiting: HashMap::new(),
+            total: 0,
+        }
+    }
+}
+
+impl<D> InFlight<D> {
+    /// Deliveries of `webhook` this worker holds: in flight or waiting.
+    fn held(&self, webhook: &WebhookId) -> usize {
+        self.per_webhook.get(webhook).copied().unwrap_or(0)
+            + self.waiting.get(webhook).map_or(0, VecDeque::len)
+    }
+
+    /// The next waiting delivery of `webhook`, now counted as in flight. Those that waited
+    /// longer than `max_wait` are let go on the way: their leases run out, and they are
+    /// claimed again.
+    fn start_next(&mut self, webhook: WebhookId, max_wait: Duration) -> Option<D> {
+        let queue = self.waiting.get_mut(&webhook)?;
+        let mut next = None;
+        let mut let_go = 0;
+        while let Some((claimed_at, delivery)) = queue.pop_front() {
+            if claimed_at.elapsed() <= max_wait {
+                next = Some(delivery);
+                break;
+            }
+            let_go += 1;
+        }
+        if queue.is_empty() {
+            self.waiting.remove(&webhook);
+        }
+        self.total = self.total.saturating_sub(let_go);
+        if next.is_some() {
+            *self.per_webhook.entry(webhook).or_default() += 1;
+        }
+        next
+    }
+}
+
+/// What an attempt task needs, shared by all of them.
+struct AttemptContext {
+    store: Arc<dyn Store>,
+    client: WebhookClient,
+    clock: Arc<dyn Clock>,
+    schedule: RetrySchedule,
+    owner: String,
+    /// Longest a claimed delivery waits for a slot before it is let go (its lease runs
+    /// out and it is claimed again): half the lease, so a delivery started in time is
+    /// recorded well before another worker could take it over.
+    max_wait: Duration,
+    in_flight: Mutex<InFlight>,
+    /// Wakes the claim loop: a slot or a place in the overall count is free.
+    wake: Arc<Notify>,
+}
+
+impl AttemptContext {
+    /// The shared counts. A panic elsewhere while they were held leaves them as they were;
+    /// they are counts, still worth using.
+    fn state(&self) -> MutexGuard<'_, InFlight> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Attempts `delivery` on a task of its own and records the outcome. When the endpoint
+/// has answered, its slot goes to the endpoint's next waiting delivery, if any.
+fn spawn_attempt(attempts: Arc<AttemptContext>, delivery: ClaimedDelivery) {
+    tokio::spawn(async move {
+        let (id, webhook) = (delivery.id, delivery.webhook_id);
+        let sent = send_attempt(&attempts.client, attempts.clock.as_ref(), &delivery).await;
+        let next = {
+            let mut state = attempts.state();
+            if let Some(n) = state.per_webhook.get_mut(&webhook) {
+                *n -= 1;
+                if *n == 0 {
+                    state.per_webhook.remove(&webhook);
+                }
+            }
+            state.start_next(webhook, attempts.max_wait)
+        };
+        if let Some(next) = next {
+            spawn_attempt(Arc::clone(&attempts), next);
+        }
+        // The claim loop tops the endpoint's waiting deliveries up again.
+        attempts.wake.notify_one();
+        // The lease keeps this delivery ours until the attempt is recorded.
+        let recorded = record_attempt(
+            attempts.store.as_ref(),
+            attempts.clock.as_ref(),
+            &attempts.schedule,
+            &attempts.owner,
+            delivery,
+            sent,
+        )
+        .await;
+        // The process-wide count covers attempts until they are recorded: when the writer
+        // falls behind, claims slow down instead of queueing reports without bound (and
+        // outliving their leases).
+        {
+            let mut state = attempts.state();
+            state.total = state.total.saturating_sub(1);
+        }
+        attempts.wake.notify_one();
+        if let Err(e) = recorded {
+            // The lease runs out and the delivery is attempted again.
+            tracing::error!(delivery = %id, error = %e, "recording an attempt failed");
+        }
+    });
 }
 
 pub struct Dispatcher {
@@ -123,9 +243,18 @@ impl Dispatcher {
     }
 
     async fn claim_loop(&self, mut stop: watch::Receiver<bool>, wake: Arc<Notify>) {
-        let in_flight: Arc<Mutex<InFlight>> = Arc::default();
+        let attempts = Arc::new(AttemptContext {
+            store: Arc::clone(&self.store),
+            client: self.client.clone(),
+            clock: Arc::clone(&self.clock),
+            schedule: self.config.schedule.clone(),
+            owner: self.owner.clone(),
+            max_wait: self.config.lease / 2,
+            in_flight: Mutex::default(),
+            wake: Arc::clone(&wake),
+        });
         while !*stop.borrow() {
-            let claimed = self.claim_and_start(&in_flight, &wake).await;
+            let claimed = self.claim_and_start(&attempts).await;
             if claimed == Claimed::Full {
                 // More may be due right now; go round again without sleeping.
                 tokio::task::yield_now().await;
@@ -159,18 +288,20 @@ impl Dispatcher {
         }
     }
 
-    /// Claims what fits and starts an attempt task for each.
-    async fn claim_and_start(
-        &self,
-        in_flight: &Arc<Mutex<InFlight>>,
-        wake: &Arc<Notify>,
-    ) -> Claimed {
+    /// Claims what fits: each endpoint up to its free slots, which start at once, and as
+    /// many again to wait for a slot.
+    async fn claim_and_start(&self, attempts: &Arc<AttemptContext>) -> Claimed {
         let (free, busy) = {
-            let Ok(state) = in_flight.lock() else {
-                return Claimed::None;
-            };
+            let state = attempts.state();
+            let mut webhooks: Vec<WebhookId> = state.per_webhook.keys().copied().collect();
+            webhooks.extend(
+                state
+                    .waiting
+                    .keys()
+                    .filter(|w| !state.per_webhook.contains_key(w)),
+            );
             let busy: Vec<(WebhookId, usize)> =
-                state.per_webhook.iter().map(|(w, n)| (*w, *n)).collect();
+                webhooks.into_iter().map(|w| (w, state.held(&w))).collect();
             (self.config.max_in_flight.saturating_sub(state.total), busy)
         };
         if free == 0 {
@@ -181,7 +312,7 @@ impl Dispatcher {
             owner: self.owner.clone(),
             lease: self.config.lease,
             limit,
-            per_webhook: self.config.per_endpoint,
+            per_webhook: self.config.per_endpoint.saturating_mul(2),
             busy,
         };
         let claimed = match self.store.claim_deliveries(claim).await {
@@ -196,54 +327,31 @@ impl Dispatcher {
             n if n == limit => Claimed::Full,
             _ => Claimed::Some,
         };
-        for delivery in claimed {
-            let webhook = delivery.webhook_id;
-            if let Ok(mut state) = in_flight.lock() {
-                *state.per_webhook.entry(webhook).or_default() += 1;
-                state.total += 1;
-            }
-            let (store, client, clock) = (
-                Arc::clone(&self.store),
-                self.client.clone(),
-                Arc::clone(&self.clock),
-            );
-            let (schedule, owner) = (self.config.schedule.clone(), self.owner.clone());
-            let (in_flight, wake) = (Arc::clone(in_flight), Arc::clone(wake));
-            tokio::spawn(async move {
-                let id = delivery.id;
-                let sent = send_attempt(&client, clock.as_ref(), &delivery).await;
-                // The endpoint has answered: its slot is free for the next request. The
-                // lease keeps this delivery ours until the attempt is recorded.
-                if let Ok(mut state) = in_flight.lock()
-                    && let Some(n) = state.per_webhook.get_mut(&webhook)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        state.per_webhook.remove(&webhook);
+        let start: Vec<ClaimedDelivery> = {
+            let mut state = attempts.state();
+            let now = Instant::now();
+            claimed
+                .into_iter()
+                .filter_map(|delivery| {
+                    let webhook = delivery.webhook_id;
+                    state.total += 1;
+                    let sending = state.per_webhook.entry(webhook).or_default();
+                    if *sending < self.config.per_endpoint {
+                        *sending += 1;
+                        Some(delivery)
+                    } else {
+                        state
+                            .waiting
+                            .entry(webhook)
+                            .or_default()
+                            .push_back((now, delivery));
+                        None
                     }
-                }
-                wake.notify_one();
-                let recorded = record_attempt(
-                    store.as_ref(),
-                    clock.as_ref(),
-                    &schedule,
-                    &owner,
-                    delivery,
-                    sent,
-                )
-                .await;
-                // The process-wide count covers attempts until they are recorded: when the
-                // writer falls behind, claims slow down instead of queueing reports without
-                // bound (and outliving their leases).
-                if let Ok(mut state) = in_flight.lock() {
-                    state.total = state.total.saturating_sub(1);
-                }
-                wake.notify_one();
-                if let Err(e) = recorded {
-                    // The lease runs out and the delivery is attempted again.
-                    tracing::error!(delivery = %id, error = %e, "recording an attempt failed");
-                }
-            });
+                })
+                .collect()
+        };
+        for delivery in start {
+            spawn_attempt(Arc::clone(attempts), delivery);
         }
         result
     }
@@ -260,5 +368,68 @@ impl Dispatcher {
                 self.config.poll
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(n: u64) -> WebhookId {
+        WebhookId::new(26, n)
+    }
+
+    /// Claimed `ago` before now.
+    fn claimed(ago: Duration) -> Instant {
+        Instant::now()
+            .checked_sub(ago)
+            .expect("the clock is past the test's offsets")
+    }
+
+    #[test]
+    fn a_freed_slot_takes_the_next_waiting_delivery_of_its_endpoint() {
+        let mut state: InFlight<u32> = InFlight::default();
+        let (a, b) = (webhook(1), webhook(2));
+        state.per_webhook.insert(a, 1);
+        state.waiting.insert(
+            a,
+            VecDeque::from([(claimed(Duration::ZERO), 1), (claimed(Duration::ZERO), 2)]),
+        );
+        state.total = 3;
+        assert_eq!(state.held(&a), 3);
+        assert_eq!(state.held(&b), 0);
+        assert_eq!(state.start_next(b, Duration::from_secs(30)), None);
+        assert_eq!(state.start_next(a, Duration::from_secs(30)), Some(1));
+        assert_eq!(state.per_webhook[&a], 2, "now in flight");
+        assert_eq!(state.start_next(a, Duration::from_secs(30)), Some(2));
+        assert!(!state.waiting.contains_key(&a));
+        assert_eq!(state.start_next(a, Duration::from_secs(30)), None);
+        assert_eq!(state.total, 3, "still held until recorded");
+    }
+
+    #[test]
+    fn deliveries_that_waited_too_long_are_let_go() {
+        let mut state: InFlight<u32> = InFlight::default();
+        let a = webhook(1);
+        state.waiting.insert(
+            a,
+            VecDeque::from([
+                (claimed(Duration::from_secs(40)), 1),
+                (claimed(Duration::from_secs(31)), 2),
+                (claimed(Duration::from_secs(1)), 3),
+                (claimed(Duration::from_secs(40)), 4),
+            ]),
+        );
+        state.total = 4;
+        // The two stale ones in front are let go (another claim takes them once their
+        // leases run out); the fresh one starts; the stale one behind it waits its turn.
+        assert_eq!(state.start_next(a, Duration::from_secs(30)), Some(3));
+        assert_eq!(state.total, 2);
+        assert_eq!(state.per_webhook[&a], 1);
+        assert_eq!(state.held(&a), 2);
+        assert_eq!(state.start_next(a, Duration::from_secs(30)), None);
+        assert_eq!(state.total, 1);
+        assert_eq!(state.held(&a), 1, "only the one in flight");
+        assert!(!state.waiting.contains_key(&a));
     }
 }
