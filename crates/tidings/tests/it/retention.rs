@@ -9,6 +9,7 @@ use tidings_store::RetentionPolicy;
 
 use crate::harness::{Options, TestApp, event};
 use crate::receiver::{Plan, Receiver};
+use crate::webhooks::{create_webhook, wait_for_log};
 
 const ORG: &str = "ORG-26-090500";
 
@@ -35,15 +36,7 @@ async fn old_rows_go_young_rows_stay_and_the_audit_chain_still_verifies() {
         )
         .await;
     let receiver = Receiver::start().await;
-    let (status, hook) = app
-        .send(
-            reqwest::Method::POST,
-            &key,
-            "/v1/webhooks",
-            Some(json!({"url": receiver.url, "event_types": ["*"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let (hook, _) = create_webhook(&app, &key, &receiver.url, json!(["*"])).await;
     let hook = hook["id"].as_str().unwrap().to_string();
     let old: Vec<_> = (0..30).map(|_| event(ORG, json!({}))).collect();
     app.ingest(&old).await;
@@ -180,16 +173,8 @@ async fn a_delivery_whose_event_retention_took_is_closed_unsent() {
         .await;
     let receiver = Receiver::start().await;
     receiver.set_plan(Plan::Status(500, None));
-    let (status, hook) = app
-        .send(
-            reqwest::Method::POST,
-            &key,
-            "/v1/webhooks",
-            Some(json!({"url": receiver.url, "event_types": ["*"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{hook}");
-    let log = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let (hook, _) = create_webhook(&app, &key, &receiver.url, json!(["*"])).await;
+    let id = hook["id"].as_str().unwrap();
     app.ingest(&[event(ORG, json!({})), event(ORG, json!({}))])
         .await;
     // Each first attempt fails and is recorded; the retries are due 10 s later (the test
@@ -199,7 +184,8 @@ async fn a_delivery_whose_event_retention_took_is_closed_unsent() {
             && d.iter()
                 .all(|d| d["status"] == "pending" && d["attempts"].as_array().unwrap().len() == 1)
     };
-    wait_for_deliveries(&app, &key, &log, first_attempts).await;
+    let log = wait_for_log(&app, &key, id, first_attempts).await;
+    assert!(first_attempts(&log), "{log:?}");
 
     // Events are kept 1 s here: 2 s later they are swept, before their retries are due.
     receiver.set_plan(Plan::Ok);
@@ -213,7 +199,8 @@ async fn a_delivery_whose_event_retention_took_is_closed_unsent() {
 
     app.clock.advance(Duration::seconds(20));
     let closed = |d: &[Value]| d.len() == 2 && d.iter().all(|d| d["status"] == "failed");
-    let deliveries = wait_for_deliveries(&app, &key, &log, closed).await;
+    let deliveries = wait_for_log(&app, &key, id, closed).await;
+    assert!(closed(&deliveries), "{deliveries:?}");
     for d in &deliveries {
         assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
         assert!(d["next_attempt_at"].is_null(), "{d}");
@@ -226,25 +213,4 @@ async fn a_delivery_whose_event_retention_took_is_closed_unsent() {
         .filter(|r| !r.is_verification())
         .count();
     assert_eq!(sent, 2, "only the first attempts were sent");
-}
-
-/// The webhook's deliveries (`log`) once `done` holds, or after 20 s.
-async fn wait_for_deliveries(
-    app: &TestApp,
-    key: &str,
-    log: &str,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let deliveries = app.walk(key, log).await;
-        if done(&deliveries) {
-            return deliveries;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deliveries never got there: {deliveries:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }

@@ -70,7 +70,7 @@ async fn wait_until_disabled(app: &TestApp, key: &str, id: &str) -> Value {
 }
 
 /// Polls (bounded) until the delivery log satisfies `done`.
-async fn wait_for_log(
+pub async fn wait_for_log(
     app: &TestApp,
     key: &str,
     webhook: &str,
