@@ -252,6 +252,7 @@ static DUE_DELIVERIES: LazyLock<String> = LazyLock::new(|| {
              LIMIT greatest(least($4::bigint - coalesce(b.n, 0), $5::bigint), 0)
              FOR UPDATE SKIP LOCKED
          ) d
+         WHERE w.status = 'active'
          ORDER BY d.next_attempt_at, d.seq LIMIT $5"
     )
 });
@@ -663,7 +664,7 @@ pub(crate) fn next_due(
                        AND next_attempt_at IS NOT NULL
                        AND (lease_until IS NULL OR lease_until < $1)
                      ORDER BY next_attempt_at LIMIT 1))
-         FROM webhooks w",
+         FROM webhooks w WHERE w.status = 'active'",
         &[&millis(now)],
     )
     .context("finding the next due delivery")?

@@ -268,7 +268,9 @@ pub(crate) fn claim(
     // every slot taken (a dead one holding its requests until they time out) is not read at
     // all, however many deliveries it owes. Then the most overdue of all of them.
     let webhooks: Vec<i64> = conn
-        .prepare_cached("SELECT seq FROM webhooks")
+        // Only active webhooks are sent anything: a disabled or unverified one keeps its
+        // pending deliveries until it is active again.
+        .prepare_cached("SELECT seq FROM webhooks WHERE status = 'active'")
         .context("preparing the webhook list")?
         .query_map([], |r| r.get(0))
         .context("listing webhooks")?
@@ -426,7 +428,7 @@ pub(crate) fn next_due(
                        AND next_attempt_at IS NOT NULL
                        AND (lease_until IS NULL OR lease_until < ?1)
                      ORDER BY next_attempt_at LIMIT 1))
-         FROM webhooks w",
+         FROM webhooks w WHERE w.status = 'active'",
     )
     .context("preparing the next-due lookup")?
     .query_row([millis(now)], |r| r.get::<_, Option<i64>>(0))

@@ -207,10 +207,9 @@ async fn a_delivery_whose_event_retention_took_is_closed_unsent() {
     }
     // Let a wrongly leased delivery reach the receiver, if one was.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let sent = receiver
-        .deliveries()
-        .iter()
-        .filter(|r| !r.is_verification())
-        .count();
-    assert_eq!(sent, 2, "only the first attempts were sent");
+    assert_eq!(
+        receiver.deliveries().len(),
+        2,
+        "only the first attempts were sent"
+    );
 }

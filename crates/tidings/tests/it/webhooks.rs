@@ -280,6 +280,55 @@ async fn gone_disables_the_webhook_at_once() {
     );
 }
 
+/// A disabled webhook is sent nothing, its pending retries included: they wait, and go out
+/// once it is active again.
+#[tokio::test]
+async fn a_disabled_webhook_keeps_its_pending_deliveries_until_enabled() {
+    let app = TestApp::spawn_for_webhooks(format!("200ms{}", ",200ms".repeat(19)).leak()).await;
+    let receiver = Receiver::start().await;
+    receiver.set_plan(Plan::Status(500, None));
+    let key = writer_key(&app, ORG).await;
+    let (hook, _) = create_webhook(&app, &key, &receiver.url, json!(["*"])).await;
+    let id = hook["id"].as_str().unwrap();
+    let recorded = app.ingest(&[event(ORG, json!({}))]).await;
+    receiver.wait_for(2, WAIT).await;
+    let (_, disabled) = app
+        .send(
+            Method::PATCH,
+            &key,
+            &format!("/v1/webhooks/{id}"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(disabled["status"], "disabled", "{disabled}");
+    // An attempt already under way may still land; after that, silence.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = receiver.deliveries().len();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        receiver.deliveries().len(),
+        before,
+        "retries every 200 ms would have gone on"
+    );
+    let log = deliveries(&app, &key, id, "").await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["status"], "pending", "{log:?}");
+
+    receiver.set_plan(Plan::Ok);
+    let (_, enabled) = app
+        .send(
+            Method::PATCH,
+            &key,
+            &format!("/v1/webhooks/{id}"),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(enabled["status"], "active", "{enabled}");
+    let log = wait_for_log(&app, &key, id, |l| l[0]["status"] == "succeeded").await;
+    assert_eq!(log[0]["status"], "succeeded", "{log:?}");
+    assert_eq!(log[0]["event_id"], recorded[0]["id"]);
+}
+
 #[tokio::test]
 async fn verification_failure_leaves_the_webhook_unverified_and_silent_until_fixed() {
     let app = TestApp::spawn_for_webhooks("50ms").await;
