@@ -236,6 +236,11 @@ impl Attempt {
     pub fn succeeded(&self) -> bool {
         self.status_code.is_some_and(|s| (200..300).contains(&s))
     }
+
+    /// The endpoint answered `410 Gone`: the webhook is disabled at once (SPEC §10).
+    pub fn endpoint_gone(&self) -> bool {
+        self.status_code == Some(410)
+    }
 }
 
 /// One event (or test message) on its way to one webhook.
@@ -367,7 +372,7 @@ pub fn judge_attempt(
             disable: None,
         };
     }
-    if attempt.status_code == Some(410) {
+    if attempt.endpoint_gone() {
         return AttemptVerdict {
             status: DeliveryStatus::Failed,
             retry_in: None,

@@ -89,6 +89,14 @@ impl<D> InFlight<D> {
             + self.waiting.get(webhook).map_or(0, VecDeque::len)
     }
 
+    /// Lets every waiting delivery of `webhook` go: their leases run out, and claims take
+    /// them again (if the webhook is still active then).
+    fn let_go(&mut self, webhook: WebhookId) {
+        if let Some(queue) = self.waiting.remove(&webhook) {
+            self.total = self.total.saturating_sub(queue.len());
+        }
+    }
+
     /// The next waiting delivery of `webhook`, now counted as in flight. Those that waited
     /// longer than `max_wait` are let go on the way: their leases run out, and they are
     /// claimed again.
@@ -152,7 +160,14 @@ fn spawn_attempt(attempts: Arc<AttemptContext>, delivery: ClaimedDelivery) {
                     state.per_webhook.remove(&webhook);
                 }
             }
-            state.start_next(webhook, attempts.max_wait)
+            if sent.attempt.endpoint_gone() {
+                // The webhook is being disabled: nothing more goes to it. Claims skip it
+                // once that is recorded; what waits for it here is let go now.
+                state.let_go(webhook);
+                None
+            } else {
+                state.start_next(webhook, attempts.max_wait)
+            }
         };
         if let Some(next) = next {
             spawn_attempt(Arc::clone(&attempts), next);
@@ -431,5 +446,21 @@ mod tests {
         assert_eq!(state.total, 1);
         assert_eq!(state.held(&a), 1, "only the one in flight");
         assert!(!state.waiting.contains_key(&a));
+    }
+
+    #[test]
+    fn an_endpoint_that_is_gone_lets_its_waiting_deliveries_go() {
+        let mut state: InFlight<u32> = InFlight::default();
+        let (a, b) = (webhook(1), webhook(2));
+        for w in [a, b] {
+            state.waiting.insert(
+                w,
+                VecDeque::from([(claimed(Duration::ZERO), 1), (claimed(Duration::ZERO), 2)]),
+            );
+        }
+        state.total = 4;
+        state.let_go(a);
+        assert_eq!((state.held(&a), state.held(&b), state.total), (0, 2, 2));
+        assert_eq!(state.start_next(a, Duration::from_secs(30)), None);
     }
 }
