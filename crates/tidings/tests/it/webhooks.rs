@@ -70,6 +70,17 @@ async fn wait_until_disabled(app: &TestApp, key: &str, id: &str) -> Value {
 }
 
 /// Polls (bounded) until the delivery log satisfies `done`.
+/// `PATCH`es the webhook's `enabled`; returns the answer.
+async fn set_enabled(app: &TestApp, key: &str, id: &str, enabled: bool) -> (StatusCode, Value) {
+    app.send(
+        Method::PATCH,
+        key,
+        &format!("/v1/webhooks/{id}"),
+        Some(json!({ "enabled": enabled })),
+    )
+    .await
+}
+
 pub async fn wait_for_log(
     app: &TestApp,
     key: &str,
@@ -292,14 +303,7 @@ async fn a_disabled_webhook_keeps_its_pending_deliveries_until_enabled() {
     let id = hook["id"].as_str().unwrap();
     let recorded = app.ingest(&[event(ORG, json!({}))]).await;
     receiver.wait_for(2, WAIT).await;
-    let (_, disabled) = app
-        .send(
-            Method::PATCH,
-            &key,
-            &format!("/v1/webhooks/{id}"),
-            Some(json!({"enabled": false})),
-        )
-        .await;
+    let (_, disabled) = set_enabled(&app, &key, id, false).await;
     assert_eq!(disabled["status"], "disabled", "{disabled}");
     // An attempt already under way may still land; after that, silence.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -315,14 +319,7 @@ async fn a_disabled_webhook_keeps_its_pending_deliveries_until_enabled() {
     assert_eq!(log[0]["status"], "pending", "{log:?}");
 
     receiver.set_plan(Plan::Ok);
-    let (_, enabled) = app
-        .send(
-            Method::PATCH,
-            &key,
-            &format!("/v1/webhooks/{id}"),
-            Some(json!({"enabled": true})),
-        )
-        .await;
+    let (_, enabled) = set_enabled(&app, &key, id, true).await;
     assert_eq!(enabled["status"], "active", "{enabled}");
     let log = wait_for_log(&app, &key, id, |l| l[0]["status"] == "succeeded").await;
     assert_eq!(log[0]["status"], "succeeded", "{log:?}");
@@ -361,14 +358,7 @@ async fn verification_failure_leaves_the_webhook_unverified_and_silent_until_fix
     );
 
     receiver.fail_verification(false);
-    let (status, fixed) = app
-        .send(
-            Method::PATCH,
-            &key,
-            &format!("/v1/webhooks/{id}"),
-            Some(json!({"enabled": true})),
-        )
-        .await;
+    let (status, fixed) = set_enabled(&app, &key, id, true).await;
     assert_eq!(status, StatusCode::OK, "{fixed}");
     assert_eq!(fixed["status"], "active");
     assert!(fixed["disabled_reason"].is_null());
@@ -548,14 +538,7 @@ async fn webhook_crud_and_validation() {
     assert_eq!(status, StatusCode::OK, "{patched}");
     assert_eq!(patched["event_types"], json!(["*"]));
     assert!(patched["description"].is_null());
-    let (_, disabled) = app
-        .send(
-            Method::PATCH,
-            &key,
-            &format!("/v1/webhooks/{id}"),
-            Some(json!({"enabled": false})),
-        )
-        .await;
+    let (_, disabled) = set_enabled(&app, &key, id, false).await;
     assert_eq!(disabled["status"], "disabled");
 
     for (body, param) in [
