@@ -215,47 +215,83 @@ pub struct ChainProblem {
 /// Checks one chain, in order, from the hash it is supposed to start from (zeros for a
 /// chain that was never cut, the checkpoint's for one that was).
 pub fn verify_chain(start: [u8; 32], records: &[ChainedRecord]) -> Vec<ChainProblem> {
-    let mut problems = Vec::new();
-    for (i, r) in records.iter().enumerate() {
+    let mut verifier = ChainVerifier::new(start);
+    for r in records {
+        verifier.check(r);
+    }
+    verifier.finish()
+}
+
+/// [`verify_chain`] one record at a time, keeping only the last two hashes: a whole audit
+/// log can be verified in one pass over its records, whatever their chains.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    /// The hash the previous record was expected to link to (the start, at first).
+    two_back: [u8; 32],
+    /// The previous record's hash and ID, or the start.
+    last: ([u8; 32], Option<String>),
+    records: usize,
+    problems: Vec<ChainProblem>,
+}
+
+impl ChainVerifier {
+    pub fn new(start: [u8; 32]) -> Self {
+        Self {
+            two_back: start,
+            last: (start, None),
+            records: 0,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Checks the chain's next record.
+    pub fn check(&mut self, r: &ChainedRecord) {
         let id = r.record.id.to_string();
         if chain_hash(&r.prev_hash, &r.record) != r.hash {
-            problems.push(ChainProblem {
+            self.problems.push(ChainProblem {
                 record_id: id.clone(),
                 kind: "altered",
                 detail: "its content no longer matches its hash".into(),
             });
         }
-        let expected = if i == 0 { start } else { records[i - 1].hash };
-        if r.prev_hash == expected {
-            continue;
-        }
-        // The record before this one is not the one this record was chained to.
-        let two_back = match i {
-            0 => None,
-            1 => Some(start),
-            _ => Some(records[i - 2].hash),
-        };
-        if i > 0 && two_back == Some(r.prev_hash) {
-            problems.push(ChainProblem {
-                record_id: records[i - 1].record.id.to_string(),
-                kind: "inserted",
-                detail: format!("it is not part of the chain: {id} links past it"),
-            });
-        } else {
-            problems.push(ChainProblem {
-                record_id: id,
-                kind: "removed_before",
-                detail: match i {
-                    0 => "the chain's first record does not link to its start: records were removed (or the checkpoint altered)".into(),
-                    _ => format!(
-                        "it does not link to {}: records between them were removed, or that one was altered and re-hashed",
-                        records[i - 1].record.id
+        let (expected, previous) = &self.last;
+        if r.prev_hash != *expected {
+            match previous {
+                // The record before this one is not the one this record was chained to.
+                Some(previous) if self.two_back == r.prev_hash => {
+                    self.problems.push(ChainProblem {
+                        record_id: previous.clone(),
+                        kind: "inserted",
+                        detail: format!("it is not part of the chain: {id} links past it"),
+                    })
+                }
+                None => self.problems.push(ChainProblem {
+                    record_id: id.clone(),
+                    kind: "removed_before",
+                    detail: "the chain's first record does not link to its start: records were removed (or the checkpoint altered)".into(),
+                }),
+                Some(previous) => self.problems.push(ChainProblem {
+                    record_id: id.clone(),
+                    kind: "removed_before",
+                    detail: format!(
+                        "it does not link to {previous}: records between them were removed, or that one was altered and re-hashed"
                     ),
-                },
-            });
+                }),
+            }
         }
+        self.two_back = self.last.0;
+        self.last = (r.hash, Some(id));
+        self.records += 1;
     }
-    problems
+
+    /// Records checked so far.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    pub fn finish(self) -> Vec<ChainProblem> {
+        self.problems
+    }
 }
 
 #[cfg(test)]

@@ -286,20 +286,17 @@ pub trait Store: Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Page<AuditRecord>, StoreError>;
 
-    /// Every chain name: organizations, and `platform`.
-    async fn audit_chains(&self) -> Result<Vec<String>, StoreError>;
-
     /// The hash a chain starts from (zeros, or the retention checkpoint's).
     async fn audit_chain_start(&self, chain: &str) -> Result<[u8; 32], StoreError>;
 
-    /// Up to `limit` records of a chain after sequence number `after` (from the first row
-    /// when `None`), oldest first.
-    async fn audit_chain_page(
+    /// Up to `limit` audit records of every chain after sequence number `after` (from the
+    /// first row when `None`), oldest first, each with its chain: what `tidings audit
+    /// verify` reads, every row of the log whatever any index says.
+    async fn audit_log_page(
         &self,
-        chain: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<ChainedRecord>, StoreError>;
+    ) -> Result<Vec<(String, ChainedRecord)>, StoreError>;
 
     // --- Operations -----------------------------------------------------------------
 

@@ -229,38 +229,27 @@ pub(crate) fn list(
     })
 }
 
-pub(crate) fn chains(c: &mut impl GenericClient) -> Result<Vec<String>, StoreError> {
-    Ok(c.query(
-        "SELECT DISTINCT chain FROM audit_records ORDER BY chain",
-        &[],
-    )
-    .context("listing audit chains")?
-    .iter()
-    .map(|r| r.get(0))
-    .collect())
-}
-
-/// Up to `limit` records of a chain after `after` (from the very first row, whatever its
-/// number, when `None`), oldest first.
-pub(crate) fn chain_page(
+/// Up to `limit` records of every chain after `after` (from the very first row, whatever
+/// its number, when `None`), oldest first, each with its chain.
+pub(crate) fn log_page(
     c: &mut impl GenericClient,
-    chain: &str,
     after: Option<u64>,
     limit: usize,
-) -> Result<Vec<ChainedRecord>, StoreError> {
+) -> Result<Vec<(String, ChainedRecord)>, StoreError> {
     c.query(
         &format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_records
-             WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            "SELECT {AUDIT_COLUMNS}, chain FROM audit_records
+             WHERE seq > $1 ORDER BY seq LIMIT $2"
         ),
-        &[
-            &chain,
-            &after.map_or(i64::MIN, |a| a as i64),
-            &(limit as i64),
-        ],
+        &[&after.map_or(i64::MIN, |a| a as i64), &(limit as i64)],
     )
-    .context("reading a chain")?
+    .context("reading the audit log")?
     .iter()
-    .map(chained_from_row)
+    .map(|row| {
+        Ok((
+            row.try_get("chain").context("reading a record's chain")?,
+            chained_from_row(row)?,
+        ))
+    })
     .collect()
 }

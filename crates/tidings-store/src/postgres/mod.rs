@@ -526,24 +526,17 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn audit_chains(&self) -> Result<Vec<String>, StoreError> {
-        self.read(audit::chains).await
-    }
-
     async fn audit_chain_start(&self, chain: &str) -> Result<[u8; 32], StoreError> {
         let chain = chain.to_string();
         self.read(move |c| audit::chain_start(c, &chain)).await
     }
 
-    async fn audit_chain_page(
+    async fn audit_log_page(
         &self,
-        chain: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<ChainedRecord>, StoreError> {
-        let chain = chain.to_string();
-        self.read(move |c| audit::chain_page(c, &chain, after, limit))
-            .await
+    ) -> Result<Vec<(String, ChainedRecord)>, StoreError> {
+        self.read(move |c| audit::log_page(c, after, limit)).await
     }
 
     async fn high_water_mark(&self) -> Result<u64, StoreError> {

@@ -1,18 +1,25 @@
 //! The audit log: appended in the same transaction as the action it records, chained per
 //! organization (SPEC §11).
+//!
+//! A chain's records are found through `audit_chain_keys` (chain, seq), which has entries
+//! for every record numbered up to `audit_indexed_through` and for none after it: the
+//! audit tail. The writer adds the tail's entries in bulk ([`index_tail`]), as it does for
+//! events, and reads walk the entries and then the tail's rows (DESIGN.md, "Audit
+//! tail"). An append reads the hash it chains to from `audit_heads`.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
-use tidings_domain::Tenant;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tidings_domain::audit::{
     AuditContext, AuditEntry, AuditRecord, ChainedRecord, PLATFORM_CHAIN, chain_hash,
 };
 use tidings_domain::ids::AuditId;
+use tidings_domain::{Order, Tenant};
 
 use super::list_query::ListQuery;
 use super::writer::WriterCtx;
 use crate::audit_types::AuditFilter;
 use crate::error::{Context, StoreError};
-use crate::rows::{timestamp, two_digit_year};
+use crate::rows::{into_page, timestamp, two_digit_year};
 use crate::stored::{self, AUDIT_COLUMNS};
 use crate::{Page, PageRequest, list_scope};
 
@@ -43,7 +50,7 @@ pub(crate) fn append(
 ) -> Result<(), StoreError> {
     let chain = chain_of(entry.organization_id.as_ref().map(|o| o.as_str()));
     let prev: [u8; 32] = match conn
-        .prepare_cached("SELECT hash FROM audit_records WHERE chain = ?1 ORDER BY seq DESC LIMIT 1")
+        .prepare_cached("SELECT hash FROM audit_heads WHERE chain = ?1")
         .context("preparing the chain head read")?
         .query_row([&chain], |r| r.get::<_, Vec<u8>>(0))
         .optional()
@@ -92,7 +99,127 @@ pub(crate) fn append(
         &hash[..],
     ])
     .context("recording an audit record")?;
+    conn.prepare_cached(
+        "INSERT INTO audit_heads (chain, seq, hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )
+    .context("preparing the chain head update")?
+    .execute(params![chain, seq as i64, &hash[..]])
+    .context("moving the chain head")?;
     Ok(())
+}
+
+fn indexed_through(conn: &Connection) -> Result<u64, StoreError> {
+    conn.prepare_cached("SELECT seq FROM audit_indexed_through")
+        .context("preparing the audit index progress read")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .context("reading how far audit records are indexed")
+        .map(|s| s.max(0) as u64)
+}
+
+/// Writes the chain entries of the records after `audit_indexed_through` once the newest
+/// is `limit` numbers past it (any number for 0), sorted, in one statement; returns how
+/// far records are indexed now. The entries are read from the rows, so records appended by
+/// another process are indexed as well.
+pub(crate) fn index_tail(conn: &Connection, limit: u64) -> Result<u64, StoreError> {
+    let through = indexed_through(conn)?;
+    let newest = conn
+        .prepare_cached("SELECT max(seq) FROM audit_records")
+        .context("preparing the newest audit record read")?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))
+        .context("reading the newest audit record")?
+        .map_or(0, |s| s.max(0) as u64);
+    if newest <= through || newest - through < limit.max(1) {
+        return Ok(through);
+    }
+    conn.prepare_cached(
+        "INSERT INTO audit_chain_keys (chain, seq)
+         SELECT chain, seq FROM audit_records WHERE seq > ?1 AND seq <= ?2 ORDER BY chain, seq",
+    )
+    .context("preparing the audit tail's entries")?
+    .execute(params![through as i64, newest as i64])
+    .context("indexing the audit tail")?;
+    conn.prepare_cached("UPDATE audit_indexed_through SET seq = ?1")
+        .context("preparing the audit index progress update")?
+        .execute([newest as i64])
+        .context("recording how far audit records are indexed")?;
+    Ok(newest)
+}
+
+/// Deletes the records numbered `seqs` of `chain` with their chain entries (retention).
+pub(crate) fn delete_records(
+    conn: &Connection,
+    chain: &str,
+    seqs: &[i64],
+) -> Result<(), StoreError> {
+    let mut entry = conn
+        .prepare_cached("DELETE FROM audit_chain_keys WHERE chain = ?1 AND seq = ?2")
+        .context("preparing the audit entry delete")?;
+    let mut record = conn
+        .prepare_cached("DELETE FROM audit_records WHERE seq = ?1")
+        .context("preparing the audit delete")?;
+    for seq in seqs {
+        entry
+            .execute(params![chain, seq])
+            .context("deleting an audit chain entry")?;
+        record.execute([seq]).context("sweeping an audit record")?;
+    }
+    Ok(())
+}
+
+/// Up to `limit` records of `chain` after `after` in `order` that pass `filters`' conditions
+/// (written against the records' columns): the chain's entries up to
+/// `audit_indexed_through`, then the tail's rows after it, in one statement so that both
+/// parts see the same point. `through` only grows and every record up to it has its
+/// entry, so the two parts are disjoint and together complete.
+fn chain_records(
+    conn: &Connection,
+    chain: &str,
+    mut filters: ListQuery,
+    order: Order,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<ChainedRecord>, StoreError> {
+    let columns = AUDIT_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (dir, cmp) = match order {
+        Order::Desc => ("DESC", "<"),
+        Order::Asc => ("ASC", ">"),
+    };
+    let chain = filters.bind(Value::Text(chain.to_string()));
+    let after = match after {
+        Some(a) => format!(" {cmp} {}", filters.bind(Value::Integer(a as i64))),
+        None => " IS NOT NULL".to_string(),
+    };
+    let limit = filters.bind(Value::Integer(limit as i64));
+    let conditions = filters.conditions();
+    let through = "(SELECT seq FROM audit_indexed_through)";
+    let sql = format!(
+        "SELECT * FROM (
+             SELECT {columns} FROM audit_chain_keys k CROSS JOIN audit_records r ON r.seq = k.seq
+             WHERE k.chain = {chain} AND k.seq <= {through} AND k.seq{after} AND {conditions}
+             ORDER BY k.seq {dir} LIMIT {limit})
+         UNION ALL
+         SELECT * FROM (
+             SELECT {columns} FROM audit_records r
+             WHERE r.seq > {through} AND r.chain = {chain} AND r.seq{after} AND {conditions}
+             ORDER BY r.seq {dir} LIMIT {limit})
+         ORDER BY 1 {dir} LIMIT {limit}"
+    );
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .context("preparing a chain read")?;
+    let rows = stmt
+        .query_map(params_from_iter(filters.args().iter()), chained_from_row)
+        .context("reading a chain")?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.context("reading a chain record")??);
+    }
+    Ok(out)
 }
 
 fn chained_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ChainedRecord, StoreError>> {
@@ -111,7 +238,6 @@ pub(crate) fn list(
     // A platform key without an organization reads the platform chain.
     let chain = org.map_or(PLATFORM_CHAIN, |o| o.as_str()).to_string();
     let mut query = ListQuery::default();
-    query.eq("chain", chain);
     for (column, value) in [
         ("actor_id", &filter.actor_id),
         ("action", &filter.action),
@@ -123,52 +249,210 @@ pub(crate) fn list(
         }
     }
     query.created_within(&filter.range);
-    query.page(
+    let records = chain_records(
         conn,
-        AUDIT_COLUMNS,
-        "audit_records INDEXED BY audit_chain",
-        page,
-        |row| Ok(chained_from_row(row)?.map(|c| c.record)),
-    )
+        &chain,
+        query,
+        page.order,
+        page.after,
+        page.limit as usize + 1,
+    )?;
+    Ok(into_page(
+        records.into_iter().map(|c| c.record).collect(),
+        page.limit,
+    ))
 }
 
-pub(crate) fn chains(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn
-        .prepare("SELECT DISTINCT chain FROM audit_records ORDER BY chain")
-        .context("preparing the chain list")?;
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .context("listing audit chains")?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(r.context("reading a chain name")?);
-    }
-    Ok(out)
-}
-
-/// Up to `limit` records of a chain after `after` (from the very first row, whatever its
-/// number, when `None`), oldest first.
-pub(crate) fn chain_page(
+/// Up to `limit` records of every chain after `after` (from the very first row, whatever
+/// its number, when `None`), oldest first, each with its chain: read from the table, not
+/// through the chain entries, so that a row without an entry is verified too.
+pub(crate) fn log_page(
     conn: &Connection,
-    chain: &str,
     after: Option<u64>,
     limit: usize,
-) -> Result<Vec<ChainedRecord>, StoreError> {
+) -> Result<Vec<(String, ChainedRecord)>, StoreError> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_records INDEXED BY audit_chain
-             WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            "SELECT {AUDIT_COLUMNS}, chain FROM audit_records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
         ))
-        .context("preparing the chain read")?;
+        .context("preparing the audit log read")?;
+    let chain_column = AUDIT_COLUMNS.split(", ").count();
     let rows = stmt
         .query_map(
-            params![chain, after.map_or(i64::MIN, |a| a as i64), limit as i64],
-            chained_from_row,
+            params![after.map_or(i64::MIN, |a| a as i64), limit as i64],
+            |row| {
+                let chain = row.get::<_, String>(chain_column)?;
+                Ok(chained_from_row(row)?.map(|record| (chain, record)))
+            },
         )
-        .context("reading a chain")?;
+        .context("reading the audit log")?;
     let mut out = Vec::new();
     for r in rows {
-        out.push(r.context("reading a chain record")??);
+        out.push(r.context("reading an audit record")??);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tidings_domain::audit::AuditContext;
+    use tidings_domain::{NewApiKey, Order, Scope, Tenant};
+
+    use super::indexed_through;
+    use crate::audit_types::AuditFilter;
+    use crate::sqlite::test_support::{ORG, ingest};
+    use crate::sqlite::{DATABASE_FILE, IndexTail, SqliteStore, open_connection};
+    use crate::{PageRequest, Store, SystemClock};
+
+    const OTHER: &str = "ORG-26-000777";
+
+    fn event(org: &str) -> String {
+        format!(
+            r#"{{"type":"invoice.paid","organization_id":"{org}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}}}}"#
+        )
+    }
+
+    /// Every page of `ORG`'s chain through the API's list, `limit` at a time.
+    async fn walk(store: &SqliteStore, filter: &AuditFilter, order: Order) -> Vec<u64> {
+        let mut found = Vec::new();
+        let mut after = None;
+        loop {
+            let page = PageRequest {
+                limit: 3,
+                order,
+                after,
+            };
+            let page = store
+                .list_audit_records(&Tenant::Platform, filter, page)
+                .await
+                .unwrap();
+            found.extend(page.items.iter().map(|r| r.id.number));
+            after = found.last().copied();
+            if !page.has_more {
+                return found;
+            }
+        }
+    }
+
+    /// `ORG`'s records as the table holds them (what `audit verify` reads).
+    async fn in_table(store: &SqliteStore) -> Vec<u64> {
+        let page = store.audit_log_page(None, 1_000).await.unwrap();
+        page.iter()
+            .filter(|(chain, _)| chain == ORG)
+            .map(|(_, r)| r.record.id.number)
+            .collect()
+    }
+
+    fn through(dir: &std::path::Path) -> (u64, u64) {
+        let conn = open_connection(&dir.join(DATABASE_FILE)).unwrap();
+        let newest: i64 = conn
+            .query_row("SELECT max(seq) FROM audit_records", [], |r| r.get(0))
+            .unwrap();
+        (indexed_through(&conn).unwrap(), newest as u64)
+    }
+
+    /// A chain lists the same records, in both orders and with filters, whether they are
+    /// all indexed, none are (all in the audit tail), or the pages cross from one part to
+    /// the other; another chain's records interleaved with it never show.
+    #[tokio::test]
+    async fn a_chain_lists_alike_through_its_entries_and_its_tail() {
+        // 20 records: with a tail of 7 the last 6 are left unindexed.
+        for limit in [0, 7, u64::MAX] {
+            let dir = tempfile::tempdir().unwrap();
+            let tail = IndexTail {
+                events: limit,
+                idle: None,
+            };
+            let store = SqliteStore::open_with(dir.path(), Arc::new(SystemClock), tail).unwrap();
+            let mut keys = Vec::new();
+            for i in 0..11 {
+                ingest(&store, &event(ORG)).await;
+                if i % 2 == 0 {
+                    ingest(&store, &event(OTHER)).await;
+                }
+                if i % 5 == 0 {
+                    let new = NewApiKey {
+                        organization_id: Some(ORG.parse().unwrap()),
+                        scopes: vec![Scope::EventsRead],
+                        rate_limit: None,
+                        description: None,
+                    };
+                    let hash = [i as u8; 32];
+                    let key = store
+                        .create_key(new, hash, &AuditContext::system())
+                        .await
+                        .unwrap();
+                    keys.push(key.id.to_string());
+                }
+            }
+            let (indexed, newest) = through(dir.path());
+            match limit {
+                0 => assert_eq!(indexed, newest),
+                7 => assert!(indexed > 0 && indexed < newest, "{indexed} of {newest}"),
+                _ => assert_eq!(indexed, 0),
+            }
+
+            let expected = in_table(&store).await;
+            assert_eq!(expected.len(), 14, "limit {limit}");
+            let all = AuditFilter {
+                organization_id: Some(ORG.parse().unwrap()),
+                ..AuditFilter::default()
+            };
+            assert_eq!(
+                walk(&store, &all, Order::Asc).await,
+                expected,
+                "limit {limit}"
+            );
+            let mut newest_first = expected.clone();
+            newest_first.reverse();
+            assert_eq!(
+                walk(&store, &all, Order::Desc).await,
+                newest_first,
+                "limit {limit}"
+            );
+
+            let created = AuditFilter {
+                action: Some("api_key.created".into()),
+                ..all.clone()
+            };
+            let found = store
+                .list_audit_records(
+                    &Tenant::Platform,
+                    &created,
+                    PageRequest {
+                        limit: 10,
+                        order: Order::Asc,
+                        after: None,
+                    },
+                )
+                .await
+                .unwrap();
+            let ids: Vec<String> = found.items.iter().map(|r| r.resource.id.clone()).collect();
+            assert_eq!(ids, keys, "limit {limit}");
+        }
+    }
+
+    /// With writes paused, the writer indexes the audit tail as it does the events'.
+    #[tokio::test]
+    async fn a_pause_indexes_the_audit_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let tail = IndexTail {
+            events: u64::MAX,
+            idle: Some(Duration::from_millis(20)),
+        };
+        let store = SqliteStore::open_with(dir.path(), Arc::new(SystemClock), tail).unwrap();
+        for _ in 0..3 {
+            ingest(&store, &event(ORG)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut state = through(dir.path());
+        while state.0 != state.1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            state = through(dir.path());
+        }
+        assert_eq!(state, (3, 3));
+    }
 }

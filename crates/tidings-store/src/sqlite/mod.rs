@@ -561,24 +561,18 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn audit_chains(&self) -> Result<Vec<String>, StoreError> {
-        self.read(audit::chains).await
-    }
-
     async fn audit_chain_start(&self, chain: &str) -> Result<[u8; 32], StoreError> {
         let chain = chain.to_string();
         self.read(move |conn| audit::chain_start(conn, &chain))
             .await
     }
 
-    async fn audit_chain_page(
+    async fn audit_log_page(
         &self,
-        chain: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<ChainedRecord>, StoreError> {
-        let chain = chain.to_string();
-        self.read(move |conn| audit::chain_page(conn, &chain, after, limit))
+    ) -> Result<Vec<(String, ChainedRecord)>, StoreError> {
+        self.read(move |conn| audit::log_page(conn, after, limit))
             .await
     }
 

@@ -75,11 +75,12 @@ pub(crate) fn sweep(
         )
         .context("moving an audit checkpoint")?;
     }
-    let mut delete = conn
-        .prepare_cached("DELETE FROM audit_records WHERE seq = ?1")
-        .context("preparing the audit delete")?;
-    for (seq, _, _) in &old {
-        delete.execute([seq]).context("sweeping an audit record")?;
+    let mut per_chain: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for (seq, chain, _) in &old {
+        per_chain.entry(chain).or_default().push(*seq);
+    }
+    for (chain, seqs) in &per_chain {
+        super::audit::delete_records(conn, chain, seqs)?;
     }
     Ok(SweepReport {
         events,

@@ -315,6 +315,39 @@ CREATE TABLE indexed_through (
 INSERT INTO indexed_through (only, seq) VALUES (1, coalesce((SELECT max(seq) FROM events), 0));
 "#,
     ),
+    (
+        10,
+        r#"
+-- The audit log's own index tail (audit.rs). `audit_chain_keys` replaces the index on
+-- (chain, seq): it holds an entry for every record numbered up to
+-- `audit_indexed_through.seq` and for none after it; the writer adds the newest records'
+-- entries in bulk. `audit_heads` is each chain's newest record, where an append reads the
+-- hash it chains to.
+CREATE TABLE audit_chain_keys (
+    chain TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    PRIMARY KEY (chain, seq)
+) WITHOUT ROWID;
+INSERT INTO audit_chain_keys (chain, seq)
+    SELECT chain, seq FROM audit_records INDEXED BY audit_chain ORDER BY chain, seq;
+DROP INDEX audit_chain;
+CREATE TABLE audit_indexed_through (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    seq  INTEGER NOT NULL
+);
+INSERT INTO audit_indexed_through (only, seq)
+    VALUES (1, coalesce((SELECT max(seq) FROM audit_records), 0));
+CREATE TABLE audit_heads (
+    chain TEXT PRIMARY KEY,
+    seq   INTEGER NOT NULL,
+    hash  BLOB NOT NULL
+) WITHOUT ROWID;
+INSERT INTO audit_heads (chain, seq, hash)
+    SELECT r.chain, r.seq, r.hash FROM audit_records r
+    JOIN (SELECT chain, max(seq) AS seq FROM audit_chain_keys GROUP BY chain) h
+        ON r.seq = h.seq;
+"#,
+    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction.
@@ -655,6 +688,12 @@ mod tests {
         assert_eq!(recorded[0].id.number, 2);
     }
 
+    /// Back to schema 9: the audit log indexed by SQLite again.
+    const UNDO_MIGRATION_10: &str = "
+        DROP TABLE audit_chain_keys; DROP TABLE audit_indexed_through; DROP TABLE audit_heads;
+        CREATE INDEX audit_chain ON audit_records (chain, seq);
+        DELETE FROM schema_migrations WHERE version = 10;";
+
     /// Events indexed before schema 9 are its indexed events: the migration starts the
     /// index tail after the newest, so the next group that indexes does not index them
     /// again (a second entry would be refused, and the group with it).
@@ -681,9 +720,10 @@ mod tests {
         {
             // Back to schema 8, whose writer indexed every event as it went.
             let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
-            conn.execute_batch(
-                "DROP TABLE indexed_through; DELETE FROM schema_migrations WHERE version = 9",
-            )
+            conn.execute_batch(&format!(
+                "{UNDO_MIGRATION_10}
+                 DROP TABLE indexed_through; DELETE FROM schema_migrations WHERE version = 9"
+            ))
             .unwrap();
         }
         let store = open();
@@ -695,5 +735,70 @@ mod tests {
         ingest(&store, &event("d")).await;
         assert_eq!(numbers(&store, filter()).await, [1, 2, 3, 4]);
         assert_eq!(ingest(&store, &event("b")).await[0].id.number, 2);
+    }
+
+    /// Migration 10 indexes the audit records stored before it (their chain entries and
+    /// each chain's head), so that lists find them and the next record links to the newest.
+    #[tokio::test]
+    async fn audit_records_stored_before_schema_10_are_listed_and_chained_to() {
+        use crate::audit_types::AuditFilter;
+        use crate::{PageRequest, Store};
+        use tidings_domain::audit::verify_chain;
+        use tidings_domain::{Order, Tenant};
+
+        const OTHER: &str = "ORG-26-000777";
+        let dir = tempfile::tempdir().unwrap();
+        let event = |org: &str| {
+            format!(
+                r#"{{"type":"invoice.paid","organization_id":"{org}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}}}}"#
+            )
+        };
+        let open = || SqliteStore::open(dir.path()).unwrap();
+        {
+            let store = open();
+            for org in [ORG, OTHER, ORG, ORG, OTHER] {
+                ingest(&store, &event(org)).await;
+            }
+        }
+        {
+            let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+            conn.execute_batch(UNDO_MIGRATION_10).unwrap();
+        }
+        let store = open();
+        ingest(&store, &event(ORG)).await;
+
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("SELECT count(*) FROM audit_heads"), 2);
+        assert_eq!(
+            count("SELECT seq FROM audit_heads WHERE chain = 'ORG-26-090500'"),
+            6
+        );
+        assert!(count("SELECT seq FROM audit_indexed_through") >= 5);
+
+        let filter = AuditFilter {
+            organization_id: Some(ORG.parse().unwrap()),
+            ..AuditFilter::default()
+        };
+        let page = PageRequest {
+            limit: 10,
+            order: Order::Asc,
+            after: None,
+        };
+        let listed = store
+            .list_audit_records(&Tenant::Platform, &filter, page)
+            .await
+            .unwrap();
+        let numbers: Vec<u64> = listed.items.iter().map(|r| r.id.number).collect();
+        assert_eq!(numbers, [1, 3, 4, 6]);
+        let log = store.audit_log_page(None, 100).await.unwrap();
+        for chain in [ORG, OTHER] {
+            let records: Vec<_> = log
+                .iter()
+                .filter(|(c, _)| c == chain)
+                .map(|(_, r)| r.clone())
+                .collect();
+            assert!(verify_chain([0; 32], &records).is_empty(), "{chain}");
+        }
     }
 }

@@ -220,11 +220,12 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: Write
                 let job = Job::new(
                     1,
                     |conn, _| {
-                        let indexed = super::events::index_tail(conn, 0);
+                        let indexed = super::events::index_tail(conn, 0)
+                            .and_then(|_| super::audit::index_tail(conn, 0));
                         if let Err(e) = &indexed {
-                            // Nothing is lost: the tail stays readable, and the writer
+                            // Nothing is lost: the tails stay readable, and the writer
                             // tries again after the next write.
-                            tracing::warn!(error = %e, "indexing the index tail while idle failed");
+                            tracing::warn!(error = %e, "indexing the index tails while idle failed");
                         }
                         indexed
                     },
@@ -268,7 +269,8 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: Write
     tracing::debug!("sqlite writer stopped");
 }
 
-/// Runs one group of jobs in one transaction; returns whether it recorded events.
+/// Runs one group of jobs in one transaction; returns whether it left rows unindexed (it
+/// recorded events or audit records).
 fn run_group(
     conn: &mut Connection,
     settings: &WriterSettings,
@@ -333,6 +335,10 @@ fn run_group(
         if ctx.first_event.is_some() {
             super::events::index_tail(&tx, settings.index_tail.events)?;
         }
+        let appended_audit = ctx.ids.contains_key("AUD");
+        if appended_audit {
+            super::audit::index_tail(&tx, settings.index_tail.events)?;
+        }
         let mut advance = tx
             .prepare_cached(
                 "INSERT INTO id_sequences (prefix, last) VALUES (?1, ?2)
@@ -349,17 +355,17 @@ fn run_group(
             super::events::record_event_second(&tx, time.timestamp(), first)?;
         }
         let learnt = std::mem::take(&mut ctx.learnt_workspaces);
-        let recorded_events = ctx.first_event.is_some();
+        let left_a_tail = ctx.first_event.is_some() || appended_audit;
         tx.commit().context("committing a write group")?;
-        Ok((learnt, recorded_events))
+        Ok((learnt, left_a_tail))
     })();
     match outcome {
-        Ok((learnt, recorded_events)) => {
+        Ok((learnt, left_a_tail)) => {
             workspaces.extend(learnt);
             for completion in completions {
                 completion(None);
             }
-            recorded_events
+            left_a_tail
         }
         Err(e) => {
             tracing::error!(error = %e, jobs = completions.len(), "group commit failed");
