@@ -10,7 +10,11 @@
 //!   queried afterwards, so the figure is the rate sustained while the store grows to its
 //!   full size. Events come from [`EventGenerator`] (100 organizations by default, skewed);
 //!   request bodies are generated before the clock runs, in chunks so that they do not
-//!   dominate memory, and only the sending is timed.
+//!   dominate memory, and only the sending is timed. Each producer holds one keep-alive
+//!   HTTP/1.1 connection and sends one request at a time on it, with hyper's client
+//!   connection: the producers run on the same cores as the server, so their own cost per
+//!   request is kept low (`reqwest` cost about 27 µs of CPU per request against 15 µs,
+//!   and single events ran about 20 % slower with it; BENCHMARKS.md).
 //! - **A raw SQLite baseline** in the same run: the same rows as the batch-1,000 scenario,
 //!   inserted into a fresh file with the store's own schema and settings (WAL,
 //!   `synchronous=FULL`, every index), 10,000 rows per transaction, with no HTTP and no
@@ -651,11 +655,10 @@ async fn ingest_scenario(
     );
     let server = start_server(location).await?;
     let key = producer_key(&server).await?;
-    let url = format!("http://{}/internal/v1/events", server.ingest_addr);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(producers as usize)
-        .build()
-        .context("building the HTTP client")?;
+    let mut connections = Vec::with_capacity(producers as usize);
+    for _ in 0..producers {
+        connections.push(ProducerConnection::open(server.ingest_addr, &key).await?);
+    }
     let mut generator = EventGenerator::new(args.seed, args.orgs as usize);
     let progress = Progress::start(label, events, "events");
     let chunk = (CHUNK_EVENTS / batch_size).max(1) * batch_size;
@@ -668,9 +671,10 @@ async fn ingest_scenario(
         let batches = generate_batches(&mut generator, n, batch_size)?;
         requests += batches.len() as u64;
         let started = Instant::now();
-        let chunk_latencies =
-            send_concurrently(&client, &url, &key, batches, producers, &progress.done).await?;
+        let (chunk_latencies, back) =
+            send_concurrently(connections, batches, &progress.done).await?;
         sending += started.elapsed();
+        connections = back;
         latencies.extend(chunk_latencies);
         sent += n;
     }
@@ -739,43 +743,102 @@ fn generate_batches(
     Ok(batches)
 }
 
-/// Sends every batch, `producers` requests at a time, each producer taking the next unsent
-/// batch as soon as its previous one is acknowledged. Returns each request's latency.
+/// Sends every batch, one request at a time per producer connection, each producer taking
+/// the next unsent batch as soon as its previous one is acknowledged. Returns each request's
+/// latency, and the connections for the next chunk.
 async fn send_concurrently(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
+    connections: Vec<ProducerConnection>,
     batches: Vec<Batch>,
-    producers: u64,
     done: &Arc<AtomicU64>,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, Vec<ProducerConnection>)> {
     let batches = Arc::new(batches);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
-    for _ in 0..producers {
-        let (client, url, key) = (client.clone(), url.to_string(), key.to_string());
+    for mut connection in connections {
         let (batches, next, done) = (Arc::clone(&batches), Arc::clone(&next), Arc::clone(done));
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let started = Instant::now();
-                let request = client
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(batch.body.clone());
-                expect_status(request, StatusCode::CREATED, "ingest").await?;
+                connection.ingest(batch.body.clone()).await?;
                 latencies.push(started.elapsed());
                 done.fetch_add(batch.events, Ordering::Relaxed);
             }
-            anyhow::Ok(latencies)
+            anyhow::Ok((latencies, connection))
         });
     }
     let mut latencies = Vec::new();
+    let mut connections = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined.context("a producer task failed")??);
+        let (producer_latencies, connection) = joined.context("a producer task failed")??;
+        latencies.extend(producer_latencies);
+        connections.push(connection);
     }
-    Ok(latencies)
+    Ok((latencies, connections))
+}
+
+/// One producer's keep-alive HTTP/1.1 connection to the ingest port, one request at a time,
+/// as a platform service posting its events would hold. It is hyper's client connection
+/// rather than a `reqwest` client: the producers share the machine's two cores with the
+/// server, and `reqwest`'s pool and per-request work cost the server's ingest of single
+/// events a measurable share of that CPU (BENCHMARKS.md).
+struct ProducerConnection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    host: header::HeaderValue,
+    authorization: header::HeaderValue,
+}
+
+impl ProducerConnection {
+    async fn open(addr: SocketAddr, key: &str) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to the ingest port {addr}"))?;
+        stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .context("starting an HTTP/1.1 connection to the ingest port")?;
+        // Ends when the sender is dropped or the server closes the connection.
+        tokio::spawn(connection);
+        Ok(Self {
+            sender,
+            host: header::HeaderValue::from_str(&addr.to_string())
+                .context("the ingest address as a Host header")?,
+            authorization: header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .context("the producer key as a header")?,
+        })
+    }
+
+    /// Posts one request body and reads the answer, failing unless it is 201 Created.
+    async fn ingest(&mut self, body: Bytes) -> anyhow::Result<()> {
+        use http_body_util::BodyExt;
+        let request = axum::http::Request::post("/internal/v1/events")
+            .header(header::HOST, self.host.clone())
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(body))
+            .context("building an ingest request")?;
+        self.sender
+            .ready()
+            .await
+            .context("waiting for the ingest connection")?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .context("sending an ingest request")?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading an ingest response")?
+            .to_bytes();
+        if status != StatusCode::CREATED {
+            bail!("ingest answered {status}: {}", excerpt(&body));
+        }
+        Ok(())
+    }
 }
 
 /// Inserts the batch-1,000 scenario's rows (same generator, same seed) into a fresh file
