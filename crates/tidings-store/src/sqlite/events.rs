@@ -869,7 +869,10 @@ pub(crate) fn insert_events(
     ctx: &mut WriterCtx<'_>,
     events: Vec<NewEvent>,
 ) -> Result<Vec<Event>, StoreError> {
-    ctx.idempotency.catch_up(conn)?;
+    if !ctx.idempotency_caught_up {
+        ctx.idempotency.catch_up(conn)?;
+        ctx.idempotency_caught_up = true;
+    }
 
     let mut find_ws = conn
         .prepare_cached("SELECT org FROM workspaces WHERE workspace = ?1")

@@ -14,12 +14,12 @@
 //! events instead of 2,048 cost a fifth of the store's batch rate (BENCHMARKS.md). The
 //! numbers are a hint, never an answer: the lookup compares the row's text, so an entry
 //! left by a write that rolled back, or by an event the sweep removed, costs a row read.
-//! Entries go once the index reaches their events (read before each ingest job).
+//! Entries go once the index reaches their events (read before a group's first ingest job).
 //!
 //! The filter is built on the first ingest from the idempotency index (a scan of its
 //! entries, about a second per 10M keys) and then follows every event the store records:
-//! before each ingest job the writer adds the keys of events numbered above the last one it
-//! has seen, read from their rows (the index tail not yet indexed when the filter was
+//! before the first ingest job of each write group the writer adds the keys of events
+//! numbered above the last one it has seen, read from their rows (the index tail not yet indexed when the filter was
 //! built, events another process recorded; usually none), and it adds each key it records
 //! itself. Keys of events removed by retention stay in as false positives until the
 //! filter is rebuilt, which happens when it holds more keys than it was sized for. That
@@ -449,5 +449,24 @@ mod tests {
             let key = index_key(&[ORG, &format!("k{i}")]);
             assert!(filter.may_contain(key), "k{i}");
         }
+    }
+
+    /// A key recorded by another process on the same file (here a second store) is found
+    /// by this writer, whose filter was built before: each write group first reads what
+    /// others stored.
+    #[tokio::test]
+    async fn a_key_another_writer_recorded_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let this = SqliteStore::open(dir.path()).unwrap();
+        let other = SqliteStore::open(dir.path()).unwrap();
+        ingest_keyed(&this, 0..3).await;
+        ingest_keyed(&other, 3..4).await;
+        let keyed = |i: u32| {
+            format!(
+                r#"{{"type":"invoice.paid","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}},"idempotency_key":"k{i}"}}"#
+            )
+        };
+        assert_eq!(ingest(&this, &keyed(3)).await[0].id.number, 4);
+        assert_eq!(ingest(&this, &keyed(9)).await[0].id.number, 5);
     }
 }

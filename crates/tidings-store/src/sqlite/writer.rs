@@ -120,6 +120,9 @@ pub(crate) struct WriterCtx<'a> {
     learnt_workspaces: HashMap<String, String>,
     /// The idempotency keys stored (rewound with the group or job that rolls back).
     pub idempotency: &'a mut IdempotencyFilter,
+    /// Whether `idempotency` has read the events other processes stored: once a group is
+    /// enough, since nobody else can write while the group's transaction is open.
+    pub idempotency_caught_up: bool,
     /// The first event numbered in this group, if any: with `event_time`, the group's row
     /// of `event_seconds`, written at the end of the group.
     pub first_event: Option<u64>,
@@ -130,6 +133,7 @@ struct Snapshot {
     ids: HashMap<&'static str, u64>,
     learnt_workspaces: HashMap<String, String>,
     idempotency_seen: u64,
+    idempotency_caught_up: bool,
     first_event: Option<u64>,
 }
 
@@ -185,6 +189,7 @@ impl WriterCtx<'_> {
             ids: self.ids.clone(),
             learnt_workspaces: self.learnt_workspaces.clone(),
             idempotency_seen: self.idempotency.seen_through(),
+            idempotency_caught_up: self.idempotency_caught_up,
             first_event: self.first_event,
         }
     }
@@ -193,6 +198,7 @@ impl WriterCtx<'_> {
         self.ids = snapshot.ids;
         self.learnt_workspaces = snapshot.learnt_workspaces;
         self.idempotency.rewind(snapshot.idempotency_seen);
+        self.idempotency_caught_up = snapshot.idempotency_caught_up;
         self.first_event = snapshot.first_event;
     }
 }
@@ -291,6 +297,7 @@ fn run_group(
             known_workspaces: workspaces,
             learnt_workspaces: HashMap::new(),
             idempotency: &mut *idempotency,
+            idempotency_caught_up: false,
             first_event: None,
         };
         // Savepoint statements prepared once (rusqlite's `savepoint()` parses them anew on
