@@ -23,6 +23,9 @@ use crate::rows::{into_page, timestamp, two_digit_year};
 use crate::stored::{self, AUDIT_COLUMNS};
 use crate::{Page, PageRequest, list_scope};
 
+/// The prefix of audit record IDs, whose sequence numbers the records.
+pub(crate) const ID_PREFIX: &str = "AUD";
+
 fn chain_of(entry_org: Option<&str>) -> String {
     entry_org.unwrap_or(PLATFORM_CHAIN).to_string()
 }
@@ -59,7 +62,7 @@ pub(crate) fn append(
         Some(h) => stored::hash(h)?,
         None => chain_start(conn, &chain)?,
     };
-    let seq = ctx.next_id(conn, "AUD")?;
+    let seq = ctx.next_id(conn, ID_PREFIX)?;
     let created_at = ctx.now;
     let record = AuditRecord {
         id: AuditId::new(two_digit_year(created_at), seq),
@@ -298,14 +301,14 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use tidings_domain::audit::AuditContext;
-    use tidings_domain::{NewApiKey, Order, Scope, Tenant};
+    use tidings_domain::audit::{AuditContext, verify_chain};
+    use tidings_domain::{NewApiKey, Order, Scope};
 
     use super::indexed_through;
     use crate::audit_types::AuditFilter;
-    use crate::sqlite::test_support::{ORG, ingest};
+    use crate::sqlite::test_support::{ORG, audit_pages, ingest};
     use crate::sqlite::{DATABASE_FILE, IndexTail, SqliteStore, open_connection};
-    use crate::{PageRequest, Store, SystemClock};
+    use crate::{Store, SystemClock};
 
     const OTHER: &str = "ORG-26-000777";
 
@@ -315,26 +318,10 @@ mod tests {
         )
     }
 
-    /// Every page of `ORG`'s chain through the API's list, `limit` at a time.
+    /// The numbers of the records `filter` lists, three a page.
     async fn walk(store: &SqliteStore, filter: &AuditFilter, order: Order) -> Vec<u64> {
-        let mut found = Vec::new();
-        let mut after = None;
-        loop {
-            let page = PageRequest {
-                limit: 3,
-                order,
-                after,
-            };
-            let page = store
-                .list_audit_records(&Tenant::Platform, filter, page)
-                .await
-                .unwrap();
-            found.extend(page.items.iter().map(|r| r.id.number));
-            after = found.last().copied();
-            if !page.has_more {
-                return found;
-            }
-        }
+        let records = audit_pages(store, filter, order, 3).await;
+        records.iter().map(|r| r.id.number).collect()
     }
 
     /// `ORG`'s records as the table holds them (what `audit verify` reads).
@@ -418,19 +405,9 @@ mod tests {
                 action: Some("api_key.created".into()),
                 ..all.clone()
             };
-            let found = store
-                .list_audit_records(
-                    &Tenant::Platform,
-                    &created,
-                    PageRequest {
-                        limit: 10,
-                        order: Order::Asc,
-                        after: None,
-                    },
-                )
-                .await
-                .unwrap();
-            let ids: Vec<String> = found.items.iter().map(|r| r.resource.id.clone()).collect();
+            // Three key records, two a page: the filter holds across pages and parts.
+            let found = audit_pages(&store, &created, Order::Asc, 2).await;
+            let ids: Vec<String> = found.iter().map(|r| r.resource.id.clone()).collect();
             assert_eq!(ids, keys, "limit {limit}");
         }
     }
@@ -454,5 +431,22 @@ mod tests {
             state = through(dir.path());
         }
         assert_eq!(state, (3, 3));
+    }
+
+    /// Two writers on one file (the server and `tidings keys create`) appending to the same
+    /// chain in turn keep it one chain: each append links to the head the other left.
+    #[tokio::test]
+    async fn appends_from_two_writers_on_one_file_stay_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = SqliteStore::open(dir.path()).unwrap();
+        let cli = SqliteStore::open(dir.path()).unwrap();
+        for i in 0..6 {
+            let writer = if i % 2 == 0 { &server } else { &cli };
+            ingest(writer, &event(ORG)).await;
+        }
+        let log = server.audit_log_page(None, 100).await.unwrap();
+        let records: Vec<_> = log.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(records.len(), 6);
+        assert!(verify_chain([0; 32], &records).is_empty());
     }
 }

@@ -741,10 +741,11 @@ mod tests {
     /// each chain's head), so that lists find them and the next record links to the newest.
     #[tokio::test]
     async fn audit_records_stored_before_schema_10_are_listed_and_chained_to() {
+        use crate::Store;
         use crate::audit_types::AuditFilter;
-        use crate::{PageRequest, Store};
+        use crate::sqlite::test_support::audit_pages;
+        use tidings_domain::Order;
         use tidings_domain::audit::verify_chain;
-        use tidings_domain::{Order, Tenant};
 
         const OTHER: &str = "ORG-26-000777";
         let dir = tempfile::tempdir().unwrap();
@@ -780,16 +781,8 @@ mod tests {
             organization_id: Some(ORG.parse().unwrap()),
             ..AuditFilter::default()
         };
-        let page = PageRequest {
-            limit: 10,
-            order: Order::Asc,
-            after: None,
-        };
-        let listed = store
-            .list_audit_records(&Tenant::Platform, &filter, page)
-            .await
-            .unwrap();
-        let numbers: Vec<u64> = listed.items.iter().map(|r| r.id.number).collect();
+        let listed = audit_pages(&store, &filter, Order::Asc, 2).await;
+        let numbers: Vec<u64> = listed.iter().map(|r| r.id.number).collect();
         assert_eq!(numbers, [1, 3, 4, 6]);
         let log = store.audit_log_page(None, 100).await.unwrap();
         for chain in [ORG, OTHER] {

@@ -1,10 +1,11 @@
 //! Helpers of the embedded store's own tests.
 
-use tidings_domain::audit::AuditContext;
+use tidings_domain::audit::{AuditContext, AuditRecord};
 use tidings_domain::{
     Catalog, Event, EventFilter, IngestFormat, Order, Tenant, TypePattern, parse_ingest_body,
 };
 
+use crate::audit_types::AuditFilter;
 use crate::sqlite::SqliteStore;
 use crate::{PageRequest, Store};
 
@@ -28,6 +29,32 @@ pub(crate) async fn numbers(store: &SqliteStore, filter: EventFilter) -> Vec<u64
         .await
         .unwrap();
     found.items.iter().map(|e| e.id.number).collect()
+}
+
+/// Every audit record `filter` lists, following its pages of `limit` in `order`.
+pub(crate) async fn audit_pages(
+    store: &SqliteStore,
+    filter: &AuditFilter,
+    order: Order,
+    limit: u32,
+) -> Vec<AuditRecord> {
+    let mut found: Vec<AuditRecord> = Vec::new();
+    loop {
+        let after = found.last().map(|r| r.id.number);
+        let page = PageRequest {
+            limit,
+            order,
+            after,
+        };
+        let page = store
+            .list_audit_records(&Tenant::Platform, filter, page)
+            .await
+            .unwrap();
+        found.extend(page.items);
+        if !page.has_more {
+            return found;
+        }
+    }
 }
 
 pub(crate) async fn ingest(store: &SqliteStore, body: &str) -> Vec<Event> {

@@ -342,7 +342,7 @@ fn run_group(
         if ctx.first_event.is_some() {
             super::events::index_tail(&tx, settings.index_tail.events)?;
         }
-        let appended_audit = ctx.ids.contains_key("AUD");
+        let appended_audit = ctx.ids.contains_key(super::audit::ID_PREFIX);
         if appended_audit {
             super::audit::index_tail(&tx, settings.index_tail.events)?;
         }
