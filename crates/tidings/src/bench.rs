@@ -14,7 +14,7 @@
 //!   HTTP/1.1 connection and sends one request at a time on it, with hyper's client
 //!   connection: the producers run on the same cores as the server, so their own cost per
 //!   request is kept low (`reqwest` cost about 27 µs of CPU per request against 15 µs,
-//!   and single events ran about 20 % slower with it; BENCHMARKS.md).
+//!   and single events ran about a sixth slower with it; BENCHMARKS.md).
 //! - **A raw SQLite baseline** in the same run: the same rows as the batch-1,000 scenario,
 //!   inserted into a fresh file with the store's own schema and settings (WAL,
 //!   `synchronous=FULL`, every index), 10,000 rows per transaction, with no HTTP and no
