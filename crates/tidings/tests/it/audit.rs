@@ -322,6 +322,20 @@ async fn editing_deleting_or_inserting_a_record_is_named_by_audit_verify() {
     let (ok, out) = verify_output(&app.data);
     assert!(!ok);
     assert!(out.contains(&format!("altered {}", name(seqs[2]))), "{out}");
+    // Verifying one chain reports that chain alone, read from the whole log.
+    let only = tidings::audit::verify(app.store.as_ref(), Some(ORG))
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!((only[0].chain.as_str(), only[0].records), (ORG, 5));
+    assert_eq!(only[0].problems.len(), 1);
+    assert_eq!(only[0].problems[0].kind, "altered");
+    let other = tidings::audit::verify(app.store.as_ref(), Some("ORG-26-000001"))
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].records, 0);
+    assert!(other[0].problems.is_empty());
     db.execute(&format!(
         "UPDATE audit_records SET actor_id = 'cli' WHERE seq = {}",
         seqs[2]
