@@ -301,7 +301,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use tidings_domain::audit::{AuditContext, verify_chain};
+    use tidings_domain::audit::{AuditContext, ChainedRecord, verify_chain};
     use tidings_domain::{NewApiKey, Order, Scope};
 
     use super::indexed_through;
@@ -324,13 +324,19 @@ mod tests {
         records.iter().map(|r| r.id.number).collect()
     }
 
+    /// `ORG`'s records as the table holds them, whole.
+    async fn in_table_records(store: &SqliteStore) -> Vec<ChainedRecord> {
+        let page = store.audit_log_page(None, 1_000).await.unwrap();
+        page.into_iter()
+            .filter(|(chain, _)| chain == ORG)
+            .map(|(_, r)| r)
+            .collect()
+    }
+
     /// `ORG`'s records as the table holds them (what `audit verify` reads).
     async fn in_table(store: &SqliteStore) -> Vec<u64> {
-        let page = store.audit_log_page(None, 1_000).await.unwrap();
-        page.iter()
-            .filter(|(chain, _)| chain == ORG)
-            .map(|(_, r)| r.record.id.number)
-            .collect()
+        let records = in_table_records(store).await;
+        records.iter().map(|r| r.record.id.number).collect()
     }
 
     fn through(dir: &std::path::Path) -> (u64, u64) {
@@ -448,5 +454,55 @@ mod tests {
         let records: Vec<_> = log.into_iter().map(|(_, r)| r).collect();
         assert_eq!(records.len(), 6);
         assert!(verify_chain([0; 32], &records).is_empty());
+    }
+
+    /// Retention removes an expired record's chain entry with it: what is left of the
+    /// entries is exactly the records that remain, and the shortened chain lists and
+    /// verifies from its checkpoint.
+    #[tokio::test]
+    async fn retention_removes_chain_entries_with_their_records() {
+        use crate::ManualClock;
+        use crate::retention::RetentionPolicy;
+        use chrono::{Duration as Days, TimeZone, Utc};
+
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 4, 14, 9, 0, 0).unwrap(),
+        ));
+        let tail = IndexTail {
+            events: 0,
+            idle: None,
+        };
+        let store = SqliteStore::open_with(dir.path(), clock.clone(), tail).unwrap();
+        for _ in 0..4 {
+            ingest(&store, &event(ORG)).await;
+        }
+        clock.advance(Days::days(2));
+        for _ in 0..2 {
+            ingest(&store, &event(ORG)).await;
+        }
+        let policy = RetentionPolicy {
+            audit_records: Duration::from_secs(86_400),
+            ..RetentionPolicy::default()
+        };
+        let swept = store.sweep_retention(policy, 100).await.unwrap();
+        assert_eq!(swept.audit_records, 4);
+
+        let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+        let entries: Vec<i64> = conn
+            .prepare("SELECT seq FROM audit_chain_keys ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(entries, [5, 6]);
+        let all = AuditFilter {
+            organization_id: Some(ORG.parse().unwrap()),
+            ..AuditFilter::default()
+        };
+        assert_eq!(walk(&store, &all, Order::Asc).await, [5, 6]);
+        let start = store.audit_chain_start(ORG).await.unwrap();
+        assert!(verify_chain(start, &in_table_records(&store).await).is_empty());
     }
 }
