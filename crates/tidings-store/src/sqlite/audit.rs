@@ -301,14 +301,15 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use chrono::{Duration as Hours, TimeZone, Utc};
     use tidings_domain::audit::{AuditContext, ChainedRecord, verify_chain};
-    use tidings_domain::{NewApiKey, Order, Scope};
+    use tidings_domain::{NewApiKey, Order, Scope, TimeRange};
 
     use super::indexed_through;
     use crate::audit_types::AuditFilter;
     use crate::sqlite::test_support::{ORG, audit_pages, ingest};
     use crate::sqlite::{DATABASE_FILE, IndexTail, SqliteStore, open_connection};
-    use crate::{Store, SystemClock};
+    use crate::{ManualClock, Store, SystemClock};
 
     const OTHER: &str = "ORG-26-000777";
 
@@ -359,9 +360,13 @@ mod tests {
                 events: limit,
                 idle: None,
             };
-            let store = SqliteStore::open_with(dir.path(), Arc::new(SystemClock), tail).unwrap();
+            let start = Utc.with_ymd_and_hms(2026, 4, 14, 9, 0, 0).unwrap();
+            let clock = Arc::new(ManualClock::new(start));
+            let store = SqliteStore::open_with(dir.path(), clock.clone(), tail).unwrap();
             let mut keys = Vec::new();
             for i in 0..11 {
+                // An hour apart, for the time range below.
+                clock.advance(Hours::hours(1));
                 ingest(&store, &event(ORG)).await;
                 if i % 2 == 0 {
                     ingest(&store, &event(OTHER)).await;
@@ -411,6 +416,32 @@ mod tests {
                 action: Some("api_key.created".into()),
                 ..all.clone()
             };
+            // `from`/`to`: the records created in [start + 4 h, start + 9 h), newest first.
+            let range = TimeRange {
+                from: Some(start + Hours::hours(4)),
+                to: Some(start + Hours::hours(9)),
+            };
+            let within: Vec<u64> = in_table_records(&store)
+                .await
+                .iter()
+                .rev()
+                .filter(|r| {
+                    r.record.created_at >= range.from.unwrap()
+                        && r.record.created_at < range.to.unwrap()
+                })
+                .map(|r| r.record.id.number)
+                .collect();
+            assert!(within.len() >= 5, "{within:?}");
+            let ranged = AuditFilter {
+                range,
+                ..all.clone()
+            };
+            assert_eq!(
+                walk(&store, &ranged, Order::Desc).await,
+                within,
+                "limit {limit}"
+            );
+
             // Three key records, two a page: the filter holds across pages and parts.
             let found = audit_pages(&store, &created, Order::Asc, 2).await;
             let ids: Vec<String> = found.iter().map(|r| r.resource.id.clone()).collect();
@@ -461,9 +492,7 @@ mod tests {
     /// verifies from its checkpoint.
     #[tokio::test]
     async fn retention_removes_chain_entries_with_their_records() {
-        use crate::ManualClock;
         use crate::retention::RetentionPolicy;
-        use chrono::{Duration as Days, TimeZone, Utc};
 
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(
@@ -477,7 +506,7 @@ mod tests {
         for _ in 0..4 {
             ingest(&store, &event(ORG)).await;
         }
-        clock.advance(Days::days(2));
+        clock.advance(Hours::days(2));
         for _ in 0..2 {
             ingest(&store, &event(ORG)).await;
         }
