@@ -153,21 +153,24 @@ struct Piece {
 /// Most epochs a grouped probe covers.
 const MAX_EPOCH_GROUP: usize = 256;
 
-/// A walk's pieces in groups of 1, 2, 4, … epochs, in order. A key with many events fills
-/// the page from the first epoch, read in index order; a rare one would cost a statement
-/// per epoch (153 at 10M events, 2.6 ms), so the walk widens: a group is one statement
+/// A walk's pieces in groups of 1, 1, 2, 4, … epochs, in order. A key with many events
+/// fills the page from the first epochs, read in index order; a rare one would cost a
+/// statement per epoch (610 at 10M events), so the walk widens: a group is one statement
 /// probing each of its epochs, whose few rows are sorted. A group reads at most about as
-/// many rows as the groups before it found too few of.
+/// many rows as the groups before it found too few of. The first two epochs are read
+/// alone because the newest is usually partly filled: a page of recent events for a busy
+/// key then needs the one before it, read in index order rather than sorted.
 struct EpochGroups {
     pieces: std::vec::IntoIter<Piece>,
-    next_size: usize,
+    /// Groups yielded so far.
+    yielded: u32,
 }
 
 impl EpochGroups {
     fn new(pieces: Vec<Piece>) -> Self {
         Self {
             pieces: pieces.into_iter(),
-            next_size: 1,
+            yielded: 0,
         }
     }
 }
@@ -176,8 +179,12 @@ impl Iterator for EpochGroups {
     type Item = Vec<Piece>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let group: Vec<_> = self.pieces.by_ref().take(self.next_size).collect();
-        self.next_size = (self.next_size * 2).min(MAX_EPOCH_GROUP);
+        let doublings = self
+            .yielded
+            .saturating_sub(1)
+            .min(MAX_EPOCH_GROUP.trailing_zeros());
+        let group: Vec<_> = self.pieces.by_ref().take(1 << doublings).collect();
+        self.yielded += 1;
         (!group.is_empty()).then_some(group)
     }
 }
@@ -990,6 +997,24 @@ mod tests {
     }
 
     /// The next event recorded in `dir` gets number `next` (as after a long run of others).
+    /// A walk reads the first two epochs alone, then doubles its groups up to 256 epochs,
+    /// keeping the pieces' order.
+    #[test]
+    fn epoch_groups_read_two_epochs_alone_then_double() {
+        let pieces = (0..800)
+            .map(|epoch| super::Piece {
+                lo: 0,
+                hi: 0,
+                epoch,
+            })
+            .collect();
+        let groups: Vec<Vec<super::Piece>> = super::EpochGroups::new(pieces).collect();
+        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 32]);
+        let order: Vec<u64> = groups.iter().flatten().map(|p| p.epoch).collect();
+        assert_eq!(order, (0..800).collect::<Vec<u64>>());
+    }
+
     fn number_next(dir: &std::path::Path, next: u64) {
         let conn = open_connection(&dir.join(DATABASE_FILE)).unwrap();
         conn.execute(

@@ -22,9 +22,10 @@
 //! actor, workspace and idempotency indexes, so every commit still rewrote about one index
 //! page per event per index. Those keys now start with the event's epoch (its number
 //! divided by [`EVENTS_PER_EPOCH`]) in the top 24 bits, above 40 bits of the hash: every
-//! new entry lands in the newest epoch's slice of its index, a few hundred pages that the
-//! next commits touch again. Queries walk the epochs in the page's order, the first alone
-//! and then in widening groups (see events.rs); the organization index needs no epochs (its
+//! new entry lands in the newest epoch's slice of its index, at most about 75 pages (since
+//! schema 11) that the next commits touch again. Queries walk the epochs in the page's
+//! order, the first two alone and then in widening groups (see events.rs); the
+//! organization index needs no epochs (its
 //! ~100 insertion points are hot already). After 2^24 epochs the prefix wraps; every epoch
 //! walk also bounds `seq` to the epoch's own range, so a wrapped prefix costs rows read,
 //! never a wrong answer.
@@ -61,10 +62,13 @@ const HASH_BITS: u32 = 40;
 const HASH_MASK: u64 = (1 << HASH_BITS) - 1;
 
 /// Events numbered `e * EVENTS_PER_EPOCH ..< (e + 1) * EVENTS_PER_EPOCH` form epoch `e`.
-/// 65,536 events make a slice of about 300 pages per index: small enough that a commit of
-/// thousands of events rewrites each of them once, few enough epochs (153 at 10M events)
-/// that a query for a rare subject still probes them all in well under a millisecond.
-pub(crate) const EVENTS_PER_EPOCH: u64 = 1 << 16;
+/// Indexing the tail's 2,048 events touches nearly every page of the newest epoch's slice
+/// of the subject and actor indexes, so the slice's size is what each indexing writes:
+/// 16,384 events make a slice of at most about 75 pages per index (65,536 made 300, and
+/// loading batches of 1,000 ran about a fifth slower; schema 11, BENCHMARKS.md). There are
+/// then 610 epochs at 10M events, which a query for a rare subject probes in groups
+/// (events.rs, `EpochGroups`) in about a millisecond.
+pub(crate) const EVENTS_PER_EPOCH: u64 = 1 << 14;
 
 /// The epoch of event number `seq`.
 pub(crate) fn epoch_of(seq: u64) -> u64 {

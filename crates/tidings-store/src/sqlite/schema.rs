@@ -348,6 +348,45 @@ INSERT INTO audit_heads (chain, seq, hash)
         ON r.seq = h.seq;
 "#,
     ),
+    (
+        11,
+        r#"
+-- Epochs of 16,384 events instead of 65,536 (index_keys.rs): the newest slice of each
+-- index, which every indexing of the tail rewrites, is a quarter the size. Every entry of
+-- the epoch-keyed tables is keyed again: the hash keeps its low 40 bits, the epoch above
+-- them is computed anew from the event number.
+CREATE TABLE event_keys_type_rekeyed (key INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (key, seq)) WITHOUT ROWID;
+INSERT INTO event_keys_type_rekeyed (key, seq)
+    SELECT tidings_epoch_key(seq, key) AS k, seq FROM event_keys_type ORDER BY k, seq;
+DROP TABLE event_keys_type;
+ALTER TABLE event_keys_type_rekeyed RENAME TO event_keys_type;
+CREATE TABLE event_keys_subject_rekeyed (key INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (key, seq)) WITHOUT ROWID;
+INSERT INTO event_keys_subject_rekeyed (key, seq)
+    SELECT tidings_epoch_key(seq, key) AS k, seq FROM event_keys_subject ORDER BY k, seq;
+DROP TABLE event_keys_subject;
+ALTER TABLE event_keys_subject_rekeyed RENAME TO event_keys_subject;
+CREATE TABLE event_keys_actor_rekeyed (key INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (key, seq)) WITHOUT ROWID;
+INSERT INTO event_keys_actor_rekeyed (key, seq)
+    SELECT tidings_epoch_key(seq, key) AS k, seq FROM event_keys_actor ORDER BY k, seq;
+DROP TABLE event_keys_actor;
+ALTER TABLE event_keys_actor_rekeyed RENAME TO event_keys_actor;
+CREATE TABLE event_keys_workspace_rekeyed (key INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (key, seq)) WITHOUT ROWID;
+INSERT INTO event_keys_workspace_rekeyed (key, seq)
+    SELECT tidings_epoch_key(seq, key) AS k, seq FROM event_keys_workspace ORDER BY k, seq;
+DROP TABLE event_keys_workspace;
+ALTER TABLE event_keys_workspace_rekeyed RENAME TO event_keys_workspace;
+CREATE TABLE event_keys_idempotency_rekeyed (key INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (key, seq)) WITHOUT ROWID;
+INSERT INTO event_keys_idempotency_rekeyed (key, seq)
+    SELECT tidings_epoch_key(seq, key) AS k, seq FROM event_keys_idempotency ORDER BY k, seq;
+DROP TABLE event_keys_idempotency;
+ALTER TABLE event_keys_idempotency_rekeyed RENAME TO event_keys_idempotency;
+"#,
+    ),
 ];
 
 /// Applies every migration newer than the database, each in its own transaction.
@@ -379,7 +418,7 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
             known,
         });
     }
-    // Migrations 5 and 6 compute index keys for the rows stored before them.
+    // Migrations 5, 6 and 11 compute index keys for the rows stored before them.
     index_keys::register_sql_functions(conn)?;
     for (version, sql) in MIGRATIONS
         .iter()
@@ -399,7 +438,7 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
         if !done {
             // They rewrite or read every event's index entries: seconds per million
             // events. A new store has none to say that about.
-            if (5..=8).contains(version)
+            if ((5..=8).contains(version) || *version == 11)
                 && tx
                     .query_row("SELECT EXISTS(SELECT 1 FROM events)", [], |r| r.get(0))
                     .context("checking for stored events")?
@@ -688,11 +727,12 @@ mod tests {
         assert_eq!(recorded[0].id.number, 2);
     }
 
-    /// Back to schema 9: the audit log indexed by SQLite again.
+    /// Back to schema 9: the audit log indexed by SQLite again. Migration 11 is forgotten
+    /// too, so that 10 runs again; 11 then keys the entries again as they already are.
     const UNDO_MIGRATION_10: &str = "
         DROP TABLE audit_chain_keys; DROP TABLE audit_indexed_through; DROP TABLE audit_heads;
         CREATE INDEX audit_chain ON audit_records (chain, seq);
-        DELETE FROM schema_migrations WHERE version = 10;";
+        DELETE FROM schema_migrations WHERE version >= 10;";
 
     /// Events indexed before schema 9 are its indexed events: the migration starts the
     /// index tail after the newest, so the next group that indexes does not index them
@@ -735,6 +775,62 @@ mod tests {
         ingest(&store, &event("d")).await;
         assert_eq!(numbers(&store, filter()).await, [1, 2, 3, 4]);
         assert_eq!(ingest(&store, &event("b")).await[0].id.number, 2);
+    }
+
+    /// Entries keyed by epochs of 65,536 events (schema 10) are keyed again by migration 11:
+    /// events in three epochs of 16,384 but two of 65,536 are found by every filter, and
+    /// an idempotency key stored before it still answers with its event.
+    #[tokio::test]
+    async fn entries_keyed_by_the_old_epochs_are_found_after_migration_11() {
+        const E: u64 = index_keys::EVENTS_PER_EPOCH;
+        let dir = tempfile::tempdir().unwrap();
+        let event = |key: &str| {
+            format!(
+                r#"{{"type":"invoice.paid","organization_id":"{ORG}","workspace_id":"WS-26-000021","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}},"idempotency_key":"{key}"}}"#
+            )
+        };
+        let every_group = IndexTail {
+            events: 0,
+            idle: None,
+        };
+        let open =
+            || SqliteStore::open_with(dir.path(), Arc::new(SystemClock), every_group).unwrap();
+        let numbered = [1, 3 * E + 1, 5 * E + 1];
+        {
+            let store = open();
+            let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+            for (seq, key) in numbered.iter().zip(["a", "b", "c"]) {
+                conn.execute(
+                    "INSERT INTO id_sequences (prefix, last) VALUES ('EVT', ?1)
+                     ON CONFLICT (prefix) DO UPDATE SET last = excluded.last",
+                    [*seq as i64 - 1],
+                )
+                .unwrap();
+                assert_eq!(ingest(&store, &event(key)).await[0].id.number, *seq);
+            }
+        }
+        {
+            // Back to schema 10, with the entries keyed as it keyed them.
+            let conn = open_connection(&dir.path().join(DATABASE_FILE)).unwrap();
+            for table in ["type", "subject", "actor", "workspace", "idempotency"] {
+                let rekeyed = conn
+                    .execute(
+                        &format!(
+                            "UPDATE event_keys_{table}
+                             SET key = ((seq >> 16) << 40) | (key & ((1 << 40) - 1))"
+                        ),
+                        [],
+                    )
+                    .unwrap();
+                assert_eq!(rekeyed, 3, "{table}");
+            }
+            conn.execute("DELETE FROM schema_migrations WHERE version = 11", [])
+                .unwrap();
+        }
+        let store = open();
+        let found = found_by_each(&store, "invoice.paid", "INV-1", "USR-1", "WS-26-000021");
+        assert_eq!(found.await, vec![numbered.to_vec(); 5]);
+        assert_eq!(ingest(&store, &event("b")).await[0].id.number, numbered[1]);
     }
 
     /// Migration 10 indexes the audit records stored before it (their chain entries and
