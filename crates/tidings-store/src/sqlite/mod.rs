@@ -4,7 +4,7 @@
 //! waiting at that moment into one transaction (group commit), so concurrent producers share
 //! one fsync. `synchronous=FULL` makes a commit survive a power cut, and the 201 is sent only
 //! after it. Reads run on a small pool of their own connections, off the async runtime;
-//! the key lookup every request makes runs inline, on a connection of its own
+//! the key lookup every request makes runs inline, on connections of its own
 //! ([`SqliteStore::read_inline`]).
 
 mod audit;
@@ -61,8 +61,9 @@ pub const DATABASE_FILE: &str = "tidings.db";
 pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
     readers: Arc<ReadPool>,
-    /// The connection of [`SqliteStore::read_inline`]; opened on first use.
-    inline_reader: Mutex<Option<Connection>>,
+    /// The connections of [`SqliteStore::read_inline`], one per CPU (as many as async
+    /// workers may look keys up at once); each opened on first use.
+    inline_readers: Vec<Mutex<Option<Connection>>>,
     cursor_key: CursorKey,
     clock: Arc<dyn Clock>,
     path: PathBuf,
@@ -114,7 +115,9 @@ impl SqliteStore {
                 path: path.clone(),
                 idle: Mutex::new(Vec::new()),
             }),
-            inline_reader: Mutex::new(None),
+            inline_readers: (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .map(|_| Mutex::new(None))
+                .collect(),
             cursor_key,
             clock,
             path,
@@ -174,14 +177,20 @@ impl SqliteStore {
     }
 
     /// Runs `f`, a point read of a few microseconds, on the calling thread (an async
-    /// worker) with a connection kept for this, if that connection is free at once. Every
+    /// worker) with the first of the connections kept for this that is free at once. Every
     /// request looks its key up: handing that read to the blocking pool (a task, a thread
     /// woken and parked again) cost several times the read itself, about a fifth of the
-    /// CPU of single-event ingest (BENCHMARKS.md). `None`: not done here (the connection
-    /// is in use, or the read failed — this connection never waits for a lock); the caller
-    /// reads through [`SqliteStore::read`] instead, which reports any error.
+    /// CPU of single-event ingest (BENCHMARKS.md); with one such connection shared by the
+    /// workers, lookups still went there often enough to show in a profile (53 samples
+    /// against 73 inline; 3 with one per CPU). `None`: not done here (every
+    /// connection is in use, or the read failed — these connections never wait for a
+    /// lock); the caller reads through [`SqliteStore::read`] instead, which reports any
+    /// error.
     fn read_inline<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Option<T> {
-        let mut slot = self.inline_reader.try_lock().ok()?;
+        let mut slot = self
+            .inline_readers
+            .iter()
+            .find_map(|slot| slot.try_lock().ok())?;
         if slot.is_none() {
             let conn = open_connection(&self.path).ok()?;
             conn.busy_timeout(Duration::ZERO).ok()?;
@@ -665,16 +674,26 @@ mod tests {
         let inline = store.read_inline(|conn| keys::active_key_by_hash(conn, &hash));
         assert_eq!(inline.map(found), Some(Some(key.id)));
         {
-            let _taken = store.inline_reader.lock().unwrap();
+            // One connection taken: another answers. All taken: none does.
+            let mut taken = vec![store.inline_readers[0].lock().unwrap()];
+            if store.inline_readers.len() > 1 {
+                let inline = store.read_inline(|conn| keys::active_key_by_hash(conn, &hash));
+                assert_eq!(inline.map(found), Some(Some(key.id)));
+            }
+            taken.extend(store.inline_readers[1..].iter().map(|s| s.lock().unwrap()));
             assert!(store.read_inline(|_| Ok(())).is_none());
         }
-        // A connection whose reads fail (no such table): the pool answers.
-        *store.inline_reader.lock().unwrap() = Some(Connection::open_in_memory().unwrap());
+        // Connections whose reads fail (no such table): the pool answers.
+        for slot in &store.inline_readers {
+            *slot.lock().unwrap() = Some(Connection::open_in_memory().unwrap());
+        }
         assert_eq!(found(store.authenticate(hash).await.unwrap()), Some(key.id));
 
         store.revoke_key(key.id, &audit).await.unwrap();
         assert_eq!(found(store.authenticate(hash).await.unwrap()), None);
-        *store.inline_reader.lock().unwrap() = None;
+        for slot in &store.inline_readers {
+            *slot.lock().unwrap() = None;
+        }
         assert_eq!(found(store.authenticate(hash).await.unwrap()), None);
     }
 
