@@ -996,7 +996,6 @@ mod tests {
         )
     }
 
-    /// The next event recorded in `dir` gets number `next` (as after a long run of others).
     /// A walk reads the first two epochs alone, then doubles its groups up to 256 epochs,
     /// keeping the pieces' order.
     #[test]
@@ -1015,6 +1014,7 @@ mod tests {
         assert_eq!(order, (0..800).collect::<Vec<u64>>());
     }
 
+    /// The next event recorded in `dir` gets number `next` (as after a long run of others).
     fn number_next(dir: &std::path::Path, next: u64) {
         let conn = open_connection(&dir.join(DATABASE_FILE)).unwrap();
         conn.execute(

@@ -25,10 +25,9 @@
 //! new entry lands in the newest epoch's slice of its index, at most about 75 pages (since
 //! schema 11) that the next commits touch again. Queries walk the epochs in the page's
 //! order, the first two alone and then in widening groups (see events.rs); the
-//! organization index needs no epochs (its
-//! ~100 insertion points are hot already). After 2^24 epochs the prefix wraps; every epoch
-//! walk also bounds `seq` to the epoch's own range, so a wrapped prefix costs rows read,
-//! never a wrong answer.
+//! organization index needs no epochs (its ~100 insertion points are hot already). After
+//! 2^24 epochs the prefix wraps; every epoch walk also bounds `seq` to the epoch's own
+//! range, so a wrapped prefix costs rows read, never a wrong answer.
 
 use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;

@@ -438,7 +438,7 @@ fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
         if !done {
             // They rewrite or read every event's index entries: seconds per million
             // events. A new store has none to say that about.
-            if ((5..=8).contains(version) || *version == 11)
+            if matches!(version, 5..=8 | 11)
                 && tx
                     .query_row("SELECT EXISTS(SELECT 1 FROM events)", [], |r| r.get(0))
                     .context("checking for stored events")?
