@@ -4,7 +4,7 @@
 //! Idempotency entries carry their epoch (index_keys.rs), so finding a key means probing
 //! the epochs, newest first. Almost every key an ingest brings is new, and the filter says
 //! "certainly new" for those without touching the index; "maybe" (a key used before, or a
-//! false positive, under 2 in 1,000) probes the epochs.
+//! false positive, about 2 in 10,000) probes the epochs.
 //!
 //! The index tables do not reach the newest events (the index tail, events.rs). For those
 //! the filter also keeps each key's event numbers by hash ([`IdempotencyFilter::tail_events`]):
@@ -25,7 +25,7 @@
 //! filter is rebuilt, which happens when it holds more keys than it was sized for. That
 //! rebuild reads the index on a thread of its own, from a snapshot (0.6 s at 4M keys); the
 //! writer keeps using the old filter meanwhile and then adds what was recorded after the
-//! snapshot. Memory: 16 bits per key it has room for (30 MB for 10M keyed events), twice that
+//! snapshot. Memory: 20 bits per key it has room for (38 MB for 10M keyed events), twice that
 //! while a rebuild runs, and about 60 bytes per keyed event of the index tail (a few
 //! thousand events).
 
@@ -40,10 +40,12 @@ use super::index_keys::{hash_part, index_key};
 use super::open_connection;
 use crate::error::{Context, StoreError};
 
-/// Bits per key the filter is sized for, and probes per key: 0.17 % false positives when
-/// full (measured by a test; 10 probes gave 0.2 %, 20 bits a key 0.09 %).
-const BITS_PER_KEY: u64 = 16;
-const PROBES: u64 = 8;
+/// Bits per key the filter is sized for, and probes per key: about 0.02 % false positives
+/// when full (measured by a test). Each false positive probes every epoch of the index
+/// (610 at 10M events): with 16 bits and positions by double hashing (0.17 %), those
+/// lookups took a fifth of the writer's time late in loading 10M events (BENCHMARKS.md).
+const BITS_PER_KEY: u64 = 20;
+const PROBES: u64 = 10;
 /// Smallest capacity (keys); 128 KiB.
 const MIN_CAPACITY: u64 = 1 << 16;
 /// Words per block: a key's probes all fall in one block of 512 bits, one cache line, so
@@ -52,6 +54,17 @@ const MIN_CAPACITY: u64 = 1 << 16;
 /// plain one for the same false-positive rate).
 const BLOCK_WORDS: usize = 8;
 const BLOCK_BITS: u64 = 64 * BLOCK_WORDS as u64;
+/// Bits that pick one of a block's bits, and how many such picks one 64-bit word holds.
+const POSITION_BITS: usize = BLOCK_BITS.trailing_zeros() as usize;
+const POSITIONS_PER_WORD: usize = 64 / POSITION_BITS;
+const _: () = assert!(PROBES as usize <= 2 * POSITIONS_PER_WORD);
+
+/// splitmix64's finalizer: every input bit spread over all 64.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
 
 /// The Bloom filter itself.
 struct KeyBits {
@@ -77,18 +90,22 @@ impl KeyBits {
     }
 
     /// The first word of a key's block and its bit positions there (its stored hash bits,
-    /// mixed; the high half picks the block, the low bits the positions by double hashing).
+    /// mixed: the high half picks the block; each position is 9 bits of its own from two
+    /// further mixes). Positions by double hashing (`h1 + i·h2` in the block) were
+    /// correlated enough to double the false positives at the same size.
     fn positions(&self, key: i64) -> (usize, impl Iterator<Item = usize> + use<>) {
-        let mut x = hash_part(key);
-        // splitmix64's finalizer: the 40 stored bits spread over all 64.
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^= x >> 31;
+        let x = mix(hash_part(key));
         let blocks = (self.words.len() / BLOCK_WORDS) as u64;
         // (high 32 bits × blocks) / 2^32: a block in 0..blocks without a division.
         let block = ((x >> 32) * blocks) >> 32;
-        let (h1, h2) = (x % BLOCK_BITS, ((x / BLOCK_BITS) % BLOCK_BITS) | 1);
-        let bits = (0..PROBES).map(move |i| ((h1 + i * h2) % BLOCK_BITS) as usize);
+        let sources = [
+            mix(x ^ 0x9e37_79b9_7f4a_7c15),
+            mix(x ^ 0x6a09_e667_f3bc_c909),
+        ];
+        let bits = (0..PROBES as usize).map(move |i| {
+            let source = sources[i / POSITIONS_PER_WORD];
+            ((source >> (POSITION_BITS * (i % POSITIONS_PER_WORD))) % BLOCK_BITS) as usize
+        });
         (block as usize * BLOCK_WORDS, bits)
     }
 
@@ -380,8 +397,9 @@ mod tests {
         let false_positives = (0..100_000u64)
             .filter(|i| bits.may_contain(index_key(&["ORG", &format!("out-{i}")])))
             .count();
-        // 165 when this was written (0.17 %); allow half as many more.
-        assert!(false_positives < 250, "{false_positives} of 100,000");
+        // 26 when this was written (0.026 %; 165 with 16 bits a key and double hashing);
+        // allow half as many more.
+        assert!(false_positives < 40, "{false_positives} of 100,000");
     }
 
     #[test]
