@@ -4,7 +4,7 @@
 //! Idempotency entries carry their epoch (index_keys.rs), so finding a key means probing
 //! the epochs, newest first. Almost every key an ingest brings is new, and the filter says
 //! "certainly new" for those without touching the index; "maybe" (a key used before, or a
-//! false positive, about 2 in 10,000) probes the epochs.
+//! false positive, about 3 in 10,000) probes the epochs.
 //!
 //! The index tables do not reach the newest events (the index tail, events.rs). For those
 //! the filter also keeps each key's event numbers by hash ([`IdempotencyFilter::tail_events`]):
@@ -40,7 +40,7 @@ use super::index_keys::{hash_part, index_key};
 use super::open_connection;
 use crate::error::{Context, StoreError};
 
-/// Bits per key the filter is sized for, and probes per key: about 0.02 % false positives
+/// Bits per key the filter is sized for, and probes per key: about 0.03 % false positives
 /// when full (measured by a test). Each false positive probes every epoch of the index
 /// (610 at 10M events): with 16 bits and positions by double hashing (0.17 %), those
 /// lookups took a fifth of the writer's time late in loading 10M events (BENCHMARKS.md).
