@@ -7,6 +7,8 @@
 //! events, and reads walk the entries and then the tail's rows (DESIGN.md, "Audit
 //! tail"). An append reads the hash it chains to from `audit_heads`.
 
+use std::sync::LazyLock;
+
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tidings_domain::audit::{
@@ -15,13 +17,16 @@ use tidings_domain::audit::{
 use tidings_domain::ids::AuditId;
 use tidings_domain::{Order, Tenant};
 
-use super::list_query::ListQuery;
+use super::list_query::{ListQuery, qualified};
 use super::writer::WriterCtx;
 use crate::audit_types::AuditFilter;
 use crate::error::{Context, StoreError};
 use crate::rows::{into_page, timestamp, two_digit_year};
 use crate::stored::{self, AUDIT_COLUMNS};
 use crate::{Page, PageRequest, list_scope};
+
+/// [`AUDIT_COLUMNS`] taken from `audit_records AS r`, built once.
+static JOINED_AUDIT_COLUMNS: LazyLock<String> = LazyLock::new(|| qualified("r", AUDIT_COLUMNS));
 
 /// The prefix of audit record IDs, whose sequence numbers the records.
 pub(crate) const ID_PREFIX: &str = "AUD";
@@ -183,11 +188,7 @@ fn chain_records(
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<ChainedRecord>, StoreError> {
-    let columns = AUDIT_COLUMNS
-        .split(", ")
-        .map(|c| format!("r.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = &*JOINED_AUDIT_COLUMNS;
     let (dir, cmp) = match order {
         Order::Desc => ("DESC", "<"),
         Order::Asc => ("ASC", ">"),

@@ -16,9 +16,9 @@ use tidings_domain::{EventId, Tenant, TimeRange};
 
 use tidings_domain::audit::AuditContext;
 
-use super::events::{EVENT_COLUMNS, event_from_row, insert_events, joined};
+use super::events::{EVENT_COLUMNS, event_from_row, insert_events};
 use super::index_keys::index_key;
-use super::list_query::ListQuery;
+use super::list_query::{ListQuery, qualified};
 use super::webhooks::{find, live_secrets};
 use super::writer::WriterCtx;
 use crate::audit_entries;
@@ -626,7 +626,7 @@ pub(crate) fn replay(
              WHERE k.key = ?6 AND e.org = ?1 AND k.seq > ?2 AND e.created_at >= ?3
                AND e.created_at < ?4
              ORDER BY k.seq LIMIT ?5",
-            joined(ROUTING_COLUMNS)
+            qualified("e", ROUTING_COLUMNS)
         ))
         .context("preparing the replay read")?;
     let wanted = replay_selection(&hook, limit, |after| {

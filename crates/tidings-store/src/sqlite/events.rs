@@ -32,7 +32,7 @@ use tidings_domain::audit::AuditContext;
 use super::index_keys::{
     EventKeys, Indexed, KEY_TABLES, epoch_key, epoch_of, epoch_range, index_key,
 };
-use super::list_query::ListQuery;
+use super::list_query::{ListQuery, qualified};
 use super::writer::WriterCtx;
 use crate::audit_entries::batch_audit_entries;
 use crate::error::{Context, StoreError};
@@ -41,19 +41,9 @@ use crate::stored;
 pub(crate) use crate::stored::EVENT_COLUMNS;
 use crate::{Page, PageRequest, event_equalities, list_scope};
 
-/// `columns` (a list such as [`EVENT_COLUMNS`]) taken from `events AS e`, for a query that
-/// joins an index table to it.
-pub(crate) fn joined(columns: &str) -> String {
-    columns
-        .split(", ")
-        .map(|c| format!("e.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// [`EVENT_COLUMNS`] taken from `events AS e`, built once (list queries and every ingest
 /// job use it).
-static JOINED_EVENT_COLUMNS: LazyLock<String> = LazyLock::new(|| joined(EVENT_COLUMNS));
+static JOINED_EVENT_COLUMNS: LazyLock<String> = LazyLock::new(|| qualified("e", EVENT_COLUMNS));
 
 /// An idempotency key's first event: `?1` its keys in the epochs probed, `?2` the
 /// organization, `?3` the key.

@@ -11,6 +11,16 @@ use crate::error::{Context, StoreError};
 use crate::rows::into_page;
 use crate::{Page, PageRequest};
 
+/// `columns` (a list such as `EVENT_COLUMNS`) each taken from the table aliased `alias`,
+/// for a query that joins an index table to it.
+pub(crate) fn qualified(alias: &str, columns: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Default)]
 pub(crate) struct ListQuery {
     conds: Vec<String>,
