@@ -19,15 +19,15 @@
 //! The filter is built on the first ingest from the idempotency index (a scan of its
 //! entries, about a second per 10M keys) and then follows every event the store records:
 //! before the first ingest job of each write group the writer adds the keys of events
-//! numbered above the last one it has seen, read from their rows (the index tail not yet indexed when the filter was
-//! built, events another process recorded; usually none), and it adds each key it records
-//! itself. Keys of events removed by retention stay in as false positives until the
-//! filter is rebuilt, which happens when it holds more keys than it was sized for. That
-//! rebuild reads the index on a thread of its own, from a snapshot (0.6 s at 4M keys); the
-//! writer keeps using the old filter meanwhile and then adds what was recorded after the
-//! snapshot. Memory: 20 bits per key it has room for (38 MB for 10M keyed events), twice that
-//! while a rebuild runs, and about 60 bytes per keyed event of the index tail (a few
-//! thousand events).
+//! numbered above the last one it has seen, read from their rows (the index tail not yet
+//! indexed when the filter was built, events another process recorded; usually none), and
+//! it adds each key it records itself. Keys of events removed by retention stay in as false
+//! positives until the filter is rebuilt, which happens when it holds more keys than it was
+//! sized for. That rebuild reads the index on a thread of its own, from a snapshot (0.6 s
+//! at 4M keys); the writer keeps using the old filter meanwhile and then adds what was
+//! recorded after the snapshot. Memory: 20 bits per key it has room for (38 MB for 10M
+//! keyed events), twice that while a rebuild runs, and about 60 bytes per keyed event of
+//! the index tail (a few thousand events).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -407,14 +407,15 @@ mod tests {
         assert!(IdempotencyFilter::new().may_contain(index_key(&["ORG", "k"])));
     }
 
+    /// An event of `ORG` with idempotency key `k{i}`.
+    fn keyed(i: u32) -> String {
+        format!(
+            r#"{{"type":"invoice.paid","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}},"idempotency_key":"k{i}"}}"#
+        )
+    }
+
     async fn ingest_keyed(store: &SqliteStore, keys: std::ops::Range<u32>) {
-        let events: Vec<String> = keys
-            .map(|i| {
-                format!(
-                    r#"{{"type":"invoice.paid","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}},"idempotency_key":"k{i}"}}"#
-                )
-            })
-            .collect();
+        let events: Vec<String> = keys.map(keyed).collect();
         ingest(store, &format!(r#"{{"events":[{}]}}"#, events.join(","))).await;
     }
 
@@ -479,11 +480,6 @@ mod tests {
         let other = SqliteStore::open(dir.path()).unwrap();
         ingest_keyed(&this, 0..3).await;
         ingest_keyed(&other, 3..4).await;
-        let keyed = |i: u32| {
-            format!(
-                r#"{{"type":"invoice.paid","organization_id":"{ORG}","actor":{{"type":"user","id":"USR-1"}},"subject":{{"type":"invoice","id":"INV-1"}},"payload":{{}},"idempotency_key":"k{i}"}}"#
-            )
-        };
         assert_eq!(ingest(&this, &keyed(3)).await[0].id.number, 4);
         assert_eq!(ingest(&this, &keyed(9)).await[0].id.number, 5);
     }
