@@ -5,10 +5,12 @@
 //! one fsync. `synchronous=FULL` makes a commit survive a power cut, and the 201 is sent only
 //! after it. Reads run on a small pool of their own connections, off the async runtime;
 //! the key lookup every request makes runs inline, on connections of its own
-//! ([`SqliteStore::read_inline`]).
+//! ([`SqliteStore::read_inline`]). A checkpointer thread copies the WAL into the database
+//! file, so that the writer rarely has to ([`checkpoint`]).
 
 mod audit;
 mod baseline;
+mod checkpoint;
 mod deliveries;
 mod events;
 mod idempotency_filter;
@@ -49,6 +51,7 @@ use crate::delivery_types::{
 use crate::error::{Context, StoreError};
 use crate::retention::{RetentionPolicy, SweepReport};
 use crate::{Page, PageRequest, Store};
+use checkpoint::{CheckpointCounts, CheckpointPolicy, Checkpoints};
 use writer::{Job, WriterCtx, WriterSettings};
 
 pub use baseline::RawSqliteBaseline;
@@ -88,6 +91,24 @@ impl SqliteStore {
         clock: Arc<dyn Clock>,
         index_tail: IndexTail,
     ) -> Result<Self, StoreError> {
+        Self::open_tuned(
+            data_dir,
+            clock,
+            index_tail,
+            CheckpointPolicy::default(),
+            Arc::default(),
+        )
+    }
+
+    /// Like [`SqliteStore::open_with`], with the WAL checkpoints' thresholds, and counters
+    /// of what they did.
+    fn open_tuned(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+        index_tail: IndexTail,
+        checkpoint_policy: CheckpointPolicy,
+        checkpoint_counts: Arc<CheckpointCounts>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
@@ -96,6 +117,7 @@ impl SqliteStore {
         let mut conn = open_connection(&path)?;
         schema::migrate(&mut conn)?;
         let cursor_key = load_or_create_cursor_key(&conn)?;
+        let checkpoints = Checkpoints::start(&conn, &path, checkpoint_policy, checkpoint_counts)?;
         let (writes, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("tidings-sqlite-writer".into())
@@ -103,6 +125,7 @@ impl SqliteStore {
                 let settings = WriterSettings {
                     clock: Arc::clone(&clock),
                     index_tail,
+                    checkpoints,
                 };
                 move || writer::run(conn, rx, settings)
             })
@@ -222,6 +245,8 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // several commits rewrite (an index page) is copied into the database once per
     // checkpoint, not once per commit. Ingest ran 1.4x faster in the raw measurement
     // (BENCHMARKS.md); the WAL file is truncated back to 128 MiB after each checkpoint.
+    // The writer's connection replaces this automatic checkpoint with [`Checkpoints`]
+    // (same threshold, copied mostly by a thread of its own).
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::checkpoint::Checkpoints;
 use super::events::IndexTail;
 use super::idempotency_filter::IdempotencyFilter;
 use crate::clock::Clock;
@@ -208,9 +209,11 @@ pub(crate) struct WriterSettings {
     pub clock: Arc<dyn Clock>,
     /// When the newest events are indexed.
     pub index_tail: IndexTail,
+    /// Who copies the WAL into the database file, and when.
+    pub checkpoints: Checkpoints,
 }
 
-pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: WriterSettings) {
+pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, mut settings: WriterSettings) {
     let mut workspaces: HashMap<String, String> = HashMap::new();
     let mut idempotency = IdempotencyFilter::new();
     // Whether events may wait in the index tail (so that a pause should index them).
@@ -239,7 +242,7 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: Write
                 );
                 run_group(
                     &mut conn,
-                    &settings,
+                    &mut settings,
                     &mut workspaces,
                     &mut idempotency,
                     vec![job],
@@ -266,7 +269,7 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: Write
         }
         tail_waits |= run_group(
             &mut conn,
-            &settings,
+            &mut settings,
             &mut workspaces,
             &mut idempotency,
             group,
@@ -279,7 +282,7 @@ pub(crate) fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, settings: Write
 /// recorded events or audit records).
 fn run_group(
     conn: &mut Connection,
-    settings: &WriterSettings,
+    settings: &mut WriterSettings,
     workspaces: &mut HashMap<String, String>,
     idempotency: &mut IdempotencyFilter,
     group: Vec<Job>,
@@ -372,6 +375,8 @@ fn run_group(
             for completion in completions {
                 completion(None);
             }
+            // After the replies: nobody waits for this group any more.
+            settings.checkpoints.after_commit(conn);
             left_a_tail
         }
         Err(e) => {
