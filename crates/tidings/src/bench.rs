@@ -306,10 +306,16 @@ pub struct StorageResult {
     /// The WAL file's share of `bytes` (it keeps its largest size once checkpointed); 0 on
     /// PostgreSQL, whose WAL is shared by every database of the server.
     pub wal_bytes: u64,
+    /// The database's own size, wherever its newest pages are (`page_count` times the page
+    /// size; on PostgreSQL the same as `bytes`). Unlike the database file's size it does
+    /// not depend on how much of the WAL was copied back when the sizes were taken.
+    pub data_bytes: u64,
+    pub data_bytes_per_event: f64,
     /// The same for the baseline's files.
     pub baseline_bytes: u64,
     pub baseline_bytes_per_event: f64,
     pub baseline_wal_bytes: u64,
+    pub baseline_data_bytes_per_event: f64,
 }
 
 /// Sizes of a SQLite database's files.
@@ -317,6 +323,8 @@ pub struct StorageResult {
 struct FileSizes {
     database: u64,
     wal: u64,
+    /// The database's pages in use, in the file or only in the WAL yet.
+    data: u64,
 }
 
 impl FileSizes {
@@ -482,14 +490,18 @@ async fn store_scenarios_in(
         StoreLocation::Embedded(dir) => file_sizes(&dir.join(DATABASE_FILE))?,
         // pg_database_size of the scenario's database. PostgreSQL's WAL is shared by every
         // database of the server, so none of it is counted: wal_bytes is 0.
-        StoreLocation::Postgres(_) => FileSizes {
-            database: server
+        StoreLocation::Postgres(_) => {
+            let database = server
                 .store
                 .size_bytes()
                 .await
-                .context("reading the store's size")?,
-            wal: 0,
-        },
+                .context("reading the store's size")?;
+            FileSizes {
+                database,
+                wal: 0,
+                data: database,
+            }
+        }
     };
 
     if let StoreLocation::Postgres(url) = &query_store {
@@ -535,9 +547,12 @@ async fn store_scenarios_in(
             bytes: sizes.total(),
             bytes_per_event: per_event(sizes.total()),
             wal_bytes: sizes.wal,
+            data_bytes: sizes.data,
+            data_bytes_per_event: per_event(sizes.data),
             baseline_bytes: baseline_sizes.total(),
             baseline_bytes_per_event: per_event(baseline_sizes.total()),
             baseline_wal_bytes: baseline_sizes.wal,
+            baseline_data_bytes_per_event: per_event(baseline_sizes.data),
         },
     })
 }
@@ -869,9 +884,11 @@ fn raw_postgres_baseline(
     let result = timed_baseline("PostgreSQL", args, |rows, at| {
         db.insert_transaction(rows, at)
     })?;
+    let database = db.size_bytes().context("reading the baseline's size")?;
     let sizes = FileSizes {
-        database: db.size_bytes().context("reading the baseline's size")?,
+        database,
         wal: 0,
+        data: database,
     };
     Ok((result, sizes))
 }
@@ -1841,6 +1858,8 @@ fn file_sizes(database: &Path) -> anyhow::Result<FileSizes> {
     Ok(FileSizes {
         database: size(database)?,
         wal: size(Path::new(&wal))?,
+        data: tidings_store::sqlite::data_size(database)
+            .with_context(|| format!("reading the size of {}", database.display()))?,
     })
 }
 
@@ -2046,14 +2065,17 @@ fn render_store(
     }
     let _ = writeln!(
         out,
-        "\nDisk: {} bytes/event ({} bytes for {} events, db + wal, of which wal {}); \
-         baseline {} bytes/event (wal {})\n",
+        "\nDisk: {} bytes/event ({} bytes for {} events, db + wal, of which wal {}; the \
+         database's pages in use {} bytes/event); baseline {} bytes/event (wal {}; pages in \
+         use {} bytes/event)\n",
         storage.bytes_per_event.round(),
         grouped(storage.bytes),
         grouped(storage.events),
         grouped(storage.wal_bytes),
+        storage.data_bytes_per_event.round(),
         storage.baseline_bytes_per_event.round(),
-        grouped(storage.baseline_wal_bytes)
+        grouped(storage.baseline_wal_bytes),
+        storage.baseline_data_bytes_per_event.round()
     );
 }
 

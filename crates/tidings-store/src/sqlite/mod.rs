@@ -230,6 +230,25 @@ impl SqliteStore {
     }
 }
 
+/// The bytes of the database file at `path`'s pages in use (`page_count` times the page
+/// size), wherever the newest of them are: in the file, or still only in the WAL. Unlike the
+/// file's size it does not depend on how much of the WAL was copied back yet.
+pub fn data_size(path: &Path) -> Result<u64, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .context("opening the database file to read its size")?;
+    let bytes: i64 = conn
+        .query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )
+        .context("reading the database's page count")?;
+    Ok(bytes.max(0) as u64)
+}
+
 pub(crate) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,

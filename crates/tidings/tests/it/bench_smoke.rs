@@ -163,6 +163,10 @@ fn bench_runs_every_scenario_and_reports_json() {
     );
 
     assert!(report["storage"]["bytes_per_event"].as_f64().unwrap() > 0.0);
+    // The pages in use are in the database file or the WAL, never more than both.
+    let data = report["storage"]["data_bytes"].as_u64().unwrap();
+    let files = report["storage"]["bytes"].as_u64().unwrap();
+    assert!(data > 0 && data <= files, "{data} of {files}");
     assert!(
         report["storage"]["baseline_bytes_per_event"]
             .as_f64()
