@@ -17,7 +17,7 @@ use tidings_domain::audit::{
 use tidings_domain::ids::AuditId;
 use tidings_domain::{Order, Tenant};
 
-use super::list_query::{ListQuery, qualified};
+use super::list_query::{ListQuery, bound_limit, qualified};
 use super::writer::WriterCtx;
 use crate::audit_types::AuditFilter;
 use crate::error::{Context, StoreError};
@@ -198,20 +198,20 @@ fn chain_records(
         Some(a) => format!(" {cmp} {}", filters.bind(Value::Integer(a as i64))),
         None => " IS NOT NULL".to_string(),
     };
-    let limit = filters.bind(Value::Integer(limit as i64));
+    let limit = bound_limit(&filters.bind(Value::Integer(limit as i64)));
     let conditions = filters.conditions();
     let through = "(SELECT seq FROM audit_indexed_through)";
     let sql = format!(
         "SELECT * FROM (
              SELECT {columns} FROM audit_chain_keys k CROSS JOIN audit_records r ON r.seq = k.seq
              WHERE k.chain = {chain} AND k.seq <= {through} AND k.seq{after} AND {conditions}
-             ORDER BY k.seq {dir} LIMIT {limit})
+             ORDER BY k.seq {dir} {limit})
          UNION ALL
          SELECT * FROM (
              SELECT {columns} FROM audit_records r
              WHERE r.seq > {through} AND r.chain = {chain} AND r.seq{after} AND {conditions}
-             ORDER BY r.seq {dir} LIMIT {limit})
-         ORDER BY 1 {dir} LIMIT {limit}"
+             ORDER BY r.seq {dir} {limit})
+         ORDER BY 1 {dir} {limit}"
     );
     let mut stmt = conn
         .prepare_cached(&sql)
@@ -277,7 +277,7 @@ pub(crate) fn log_page(
 ) -> Result<Vec<(String, ChainedRecord)>, StoreError> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {AUDIT_COLUMNS}, chain FROM audit_records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            "SELECT {AUDIT_COLUMNS}, chain FROM audit_records WHERE seq > ?1 ORDER BY seq LIMIT ?2 + 0"
         ))
         .context("preparing the audit log read")?;
     let chain_column = AUDIT_COLUMNS.split(", ").count();

@@ -110,7 +110,7 @@ pub(crate) fn fan_out(
     }
     let events: Vec<RoutedEvent> = conn
         .prepare_cached(&format!(
-            "SELECT {ROUTING_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            "SELECT {ROUTING_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2 + 0"
         ))
         .context("preparing the fan-out read")?
         .query_map(params![cursor, max_events as i64], routed_event)
@@ -281,7 +281,7 @@ pub(crate) fn claim(
             "SELECT next_attempt_at, seq FROM deliveries INDEXED BY deliveries_pending
              WHERE webhook_seq = ?1 AND status = 'pending' AND next_attempt_at <= ?2
                AND (lease_until IS NULL OR lease_until < ?2)
-             ORDER BY next_attempt_at LIMIT ?3",
+             ORDER BY next_attempt_at LIMIT ?3 + 0",
         )
         .context("preparing the claim")?;
     let mut due: Vec<(i64, i64)> = Vec::new();
@@ -625,7 +625,7 @@ pub(crate) fn replay(
             "SELECT {} FROM event_keys_org AS k CROSS JOIN events AS e ON e.seq = k.seq
              WHERE k.key = ?6 AND e.org = ?1 AND k.seq > ?2 AND e.created_at >= ?3
                AND e.created_at < ?4
-             ORDER BY k.seq LIMIT ?5",
+             ORDER BY k.seq LIMIT ?5 + 0",
             qualified("e", ROUTING_COLUMNS)
         ))
         .context("preparing the replay read")?;

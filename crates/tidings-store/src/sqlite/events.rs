@@ -32,7 +32,7 @@ use tidings_domain::audit::AuditContext;
 use super::index_keys::{
     EventKeys, Indexed, KEY_TABLES, epoch_key, epoch_of, epoch_range, index_key,
 };
-use super::list_query::{ListQuery, qualified};
+use super::list_query::{ListQuery, bound_limit, qualified};
 use super::writer::WriterCtx;
 use crate::audit_entries::batch_audit_entries;
 use crate::error::{Context, StoreError};
@@ -334,10 +334,10 @@ pub(crate) fn list_events(
         type_condition(&mut query, &filter.types);
         let from = query.bind(Value::Integer(tail_lo as i64));
         let to = query.bind(Value::Integer(tail_hi as i64));
-        let limit = query.bind(Value::Integer((fetch - items.len()) as i64));
+        let limit = bound_limit(&query.bind(Value::Integer((fetch - items.len()) as i64)));
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events
-             WHERE seq >= {from} AND seq < {to} AND {} ORDER BY seq {dir} LIMIT {limit}",
+             WHERE seq >= {from} AND seq < {to} AND {} ORDER BY seq {dir} {limit}",
             query.conditions()
         );
         let params: Vec<&dyn ToSql> = query.args().iter().map(|v| v as &dyn ToSql).collect();
@@ -432,6 +432,7 @@ fn walk_index(
     let (lo_param, lo_slot) = query.slot();
     let (hi_param, hi_slot) = query.slot();
     let (limit, limit_slot) = query.slot();
+    let limit = bound_limit(&limit);
     let bounds = format!("k.seq >= {lo_param} AND k.seq < {hi_param}");
     let key_match = |param: &str, grouped: bool| {
         if grouped {
@@ -462,15 +463,12 @@ fn walk_index(
                             "SELECT * FROM (SELECT {columns}
                              FROM event_keys_type AS k CROSS JOIN events AS e ON e.seq = k.seq
                              WHERE {} AND e.type = {text} AND {base} AND {bounds}
-                             ORDER BY k.seq {dir} LIMIT {limit})",
+                             ORDER BY k.seq {dir} {limit})",
                             key_match(key, grouped)
                         )
                     })
                     .collect();
-                format!(
-                    "{} ORDER BY seq {dir} LIMIT {limit}",
-                    selects.join(" UNION ALL ")
-                )
+                format!("{} ORDER BY seq {dir} {limit}", selects.join(" UNION ALL "))
             };
             (render(false), render(true), true)
         }
@@ -483,7 +481,7 @@ fn walk_index(
             let render = |grouped: bool| {
                 format!(
                     "SELECT {columns} FROM {table} AS k CROSS JOIN events AS e ON e.seq = k.seq
-                     WHERE {} AND {conds} ORDER BY k.seq {dir} LIMIT {limit}",
+                     WHERE {} AND {conds} ORDER BY k.seq {dir} {limit}",
                     key_match(&param, grouped)
                 )
             };
@@ -774,7 +772,7 @@ pub(crate) fn delete_events_below(
     let through = indexed_through(conn)?;
     let mut read = conn
         .prepare_cached(&format!(
-            "SELECT {KEYED_COLUMNS} FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2"
+            "SELECT {KEYED_COLUMNS} FROM events WHERE seq < ?1 ORDER BY seq LIMIT ?2 + 0"
         ))
         .context("preparing the read of events to sweep")?;
     let rows = read
