@@ -40,7 +40,7 @@ pub(crate) fn sweep(
         .prepare_cached(
             "DELETE FROM deliveries WHERE seq IN (
                  SELECT seq FROM deliveries INDEXED BY deliveries_created_at
-                 WHERE created_at < ?1 ORDER BY created_at LIMIT ?2 + 0)",
+                 WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
         )
         .context("preparing the delivery sweep")?
         .execute(params![cutoff(ctx, policy.deliveries), batch as i64])
@@ -51,7 +51,7 @@ pub(crate) fn sweep(
     let old: Vec<(i64, String, Vec<u8>)> = conn
         .prepare_cached(
             "SELECT seq, chain, hash FROM audit_records
-             WHERE created_at < ?1 ORDER BY seq LIMIT ?2 + 0",
+             WHERE created_at < ?1 ORDER BY seq LIMIT ?2",
         )
         .context("preparing the audit sweep")?
         .query_map(
