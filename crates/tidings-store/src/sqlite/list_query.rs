@@ -124,10 +124,10 @@ impl ListQuery {
 /// plans, and a statement whose plan read a parameter is parsed and planned again the
 /// next time it runs after that parameter is bound anew: every run of a cached statement.
 /// Event queries were prepared again on every probe, 30 % of the server's time for a
-/// subject with few events in a store of 10M (BENCHMARKS.md). The statements written as
-/// literals that run often spell it out the same way. Only where the plan is fixed by the
-/// statement (a rowid range, `CROSS JOIN`, `INDEXED BY`): the retention sweeps, which run
-/// rarely and whose plan may rest on the LIMIT, keep a plain one.
+/// subject with few events in a store of 10M (BENCHMARKS.md). The often-run statements
+/// written as literals spell it out the same way; each has its plan fixed by the statement
+/// itself (a rowid range, `CROSS JOIN`, `INDEXED BY`). The retention sweeps run rarely and
+/// their plan may rest on the LIMIT's value, so they keep a plain one.
 pub(crate) fn bound_limit(param: &str) -> String {
     format!("LIMIT {param} + 0")
 }
