@@ -93,7 +93,7 @@ fn note_wal_frames(_: &Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// What the checkpoints did, for tests and logs.
+/// What the checkpoints did: counted in every store, read only by tests.
 #[derive(Debug, Default)]
 pub(crate) struct CheckpointCounts {
     /// Checkpoints the checkpointer thread ran.

@@ -66,7 +66,8 @@ const HASH_MASK: u64 = (1 << HASH_BITS) - 1;
 /// 16,384 events make a slice of at most about 75 pages per index (65,536 made 300, and
 /// loading batches of 1,000 ran about a fifth slower; schema 11, BENCHMARKS.md). There are
 /// then 610 epochs at 10M events, which a query for a rare subject probes in groups
-/// (events.rs, `EpochGroups`) in about a millisecond.
+/// (events.rs, `EpochGroups`): about 0.25 ms more than a busy organization's query, 0.65
+/// against 0.40 ms at p50 over HTTP (BENCHMARKS.md). The probes grow with the store.
 pub(crate) const EVENTS_PER_EPOCH: u64 = 1 << 14;
 
 /// The epoch of event number `seq`.
